@@ -1,0 +1,1 @@
+"""SimSiam in JAX/Flax."""
