@@ -1,0 +1,1 @@
+from simsiam_jax.models.simsiam import SimSiam, create_model

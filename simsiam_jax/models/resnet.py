@@ -1,0 +1,114 @@
+"""ResNet v1.5 backbones (torchvision layout) without the classifier.
+
+Matches torchvision's `resnet*` parameter for parameter: stride on the 3x3 conv of the
+bottleneck (v1.5), bias-free convolutions, BatchNorm with eps 1e-5 and PyTorch momentum 0.1,
+He (fan-out) initialisation, and the last BatchNorm scale of every residual branch set to
+zero (`zero_init_residual=True`, as the official SimSiam code builds its encoder).
+"""
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions; ResNet-18/34."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (3, 3), self.strides)(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), self.strides, name='downsample_conv')(residual)
+      residual = self.norm(name='downsample_norm')(residual)
+    return nn.relu(residual + y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 reduce, 3x3 (strided, v1.5), 1x1 expand by 4; ResNet-50/101/152."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (1, 1))(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3), self.strides)(y)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters * self.expansion, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters * self.expansion, (1, 1), self.strides,
+                           name='downsample_conv')(residual)
+      residual = self.norm(name='downsample_norm')(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """Returns globally average-pooled features of size `feature_dim`."""
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  width: int = 64
+  cifar_stem: bool = False
+  dtype: Any = jnp.float32
+
+  @property
+  def feature_dim(self) -> int:
+    return self.width * 8 * self.block_cls.expansion
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', dtype=self.dtype,
+                             kernel_init=conv_kernel_init)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, dtype=self.dtype)
+    if self.cifar_stem:
+      x = conv(self.width, (3, 3), name='stem_conv')(x)
+      x = nn.relu(norm(name='stem_norm')(x))
+    else:
+      x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name='stem_conv')(x)
+      x = nn.relu(norm(name='stem_norm')(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, num_blocks in enumerate(self.stage_sizes):
+      for block in range(num_blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = self.block_cls(self.width * 2**stage, conv=conv, norm=norm, strides=strides)(x)
+    return jnp.mean(x, axis=(1, 2))
+
+
+_ARCHITECTURES: dict[str, tuple[Sequence[int], Callable]] = {
+    'resnet18': ((2, 2, 2, 2), BasicBlock),
+    'resnet34': ((3, 4, 6, 3), BasicBlock),
+    'resnet50': ((3, 4, 6, 3), Bottleneck),
+    'resnet101': ((3, 4, 23, 3), Bottleneck),
+    'resnet152': ((3, 8, 36, 3), Bottleneck),
+}
+
+BACKBONE_NAMES = tuple(_ARCHITECTURES)
+
+
+def create_backbone(name: str, *, width: int = 64, cifar_stem: bool = False,
+                    dtype: Any = jnp.float32) -> ResNet:
+  if name not in _ARCHITECTURES:
+    raise ValueError(f'unknown backbone {name!r}; choose one of {", ".join(BACKBONE_NAMES)}')
+  stage_sizes, block_cls = _ARCHITECTURES[name]
+  return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, width=width,
+                cifar_stem=cifar_stem, dtype=dtype)

@@ -1,0 +1,42 @@
+"""The SimSiam network: encoder f (backbone + projector) and predictor h."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from simsiam_jax.models import heads, resnet
+
+
+class SimSiam(nn.Module):
+  backbone: resnet.ResNet
+  projector: heads.Projector
+  predictor: heads.Predictor
+
+  def encode(self, x, train: bool = True):
+    return self.projector(self.backbone(x, train=train), train=train)
+
+  def features(self, x, train: bool = False):
+    """Backbone features, the representation evaluated by kNN and linear probes."""
+    return self.backbone(x, train=train)
+
+  def __call__(self, x1, x2, train: bool = True):
+    # One encoder call per view, so BatchNorm normalises each view with its own batch
+    # statistics, as the official code does.
+    z1 = self.encode(x1, train)
+    z2 = self.encode(x2, train)
+    p1 = self.predictor(z1, train=train)
+    p2 = self.predictor(z2, train=train)
+    return {'z1': z1, 'z2': z2, 'p1': p1, 'p2': p2}
+
+
+def create_model(model_config: ml_collections.ConfigDict, dtype: Any = jnp.float32) -> SimSiam:
+  backbone = resnet.create_backbone(model_config.name, width=model_config.width,
+                                    cifar_stem=model_config.cifar_stem, dtype=dtype)
+  projector = heads.Projector(num_layers=model_config.projector_layers,
+                              hidden_dim=model_config.projector_hidden_dim,
+                              output_dim=model_config.projector_dim, dtype=dtype)
+  predictor = heads.Predictor(hidden_dim=model_config.predictor_hidden_dim,
+                              output_dim=model_config.projector_dim, dtype=dtype)
+  return SimSiam(backbone=backbone, projector=projector, predictor=predictor)
