@@ -1,0 +1,45 @@
+import jax
+import numpy as np
+import pytest
+
+from simsiam_jax import knn, sharding
+
+
+def _brute_force_knn_predictions(queries, bank, bank_labels, k, temperature, num_classes):
+  queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+  bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+  predictions = []
+  for query in queries:
+    similarities = bank @ query
+    neighbours = np.argsort(-similarities)[:k]
+    votes = np.zeros(num_classes)
+    for i in neighbours:
+      votes[bank_labels[i]] += np.exp(similarities[i] / temperature)
+    predictions.append(np.argmax(votes))
+  return np.array(predictions)
+
+
+def _clustered_data(rng, centers, num, noise):
+  labels = rng.integers(0, len(centers), num)
+  return centers[labels] + noise * rng.normal(size=(num, centers.shape[1])), labels
+
+
+@pytest.mark.parametrize('num_devices,bank_size,k', [(8, 203, 20), (1, 203, 20), (8, 37, 200)])
+def test_matches_brute_force(num_devices, bank_size, k):
+  """Sharded (bank not a multiple of the device count; k above the bank size too)."""
+  rng = np.random.default_rng(0)
+  num_classes, dim = 5, 16
+  centers = rng.normal(size=(num_classes, dim))
+  bank, bank_labels = _clustered_data(rng, centers, bank_size, noise=1.0)
+  queries, query_labels = _clustered_data(rng, centers, 50, noise=1.0)
+  mesh = sharding.create_mesh(jax.devices()[:num_devices])
+  sharded_bank, sharded_labels = knn.shard_feature_bank(bank, bank_labels, mesh)
+  scores = knn.knn_class_scores(queries, sharded_bank, sharded_labels, k=k, temperature=0.1,
+                                num_classes=num_classes, mesh=mesh)
+  expected = _brute_force_knn_predictions(queries, bank, bank_labels, min(k, bank_size), 0.1,
+                                          num_classes)
+  np.testing.assert_array_equal(np.argmax(scores, axis=1), expected)
+  accuracy = knn.knn_accuracy(queries, query_labels, sharded_bank, sharded_labels, k=k,
+                              num_classes=num_classes, mesh=mesh, query_batch_size=16)
+  np.testing.assert_allclose(accuracy, np.mean(expected == query_labels))
+  assert 0.3 < accuracy < 1.0  # Noisy clusters: informative, not trivially separable.
