@@ -8,31 +8,40 @@ gathered for the final choice.
 """
 
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from simsiam_jax import losses, sharding
 
-_PAD_LABEL = -1
+# The label of padding examples, in the bank and in the input pipeline's eval batches.
+PAD_LABEL = -1
 
 
-def shard_feature_bank(features: np.ndarray, labels: np.ndarray, mesh: Mesh):
-  """Places the normalised bank on `mesh`, padded to a multiple of its size."""
+def build_feature_bank(features: Sequence[jax.Array], labels: Sequence[jax.Array], mesh: Mesh):
+  """One l2-normalised bank, sharded over `mesh`, from batches of features and labels.
+
+  Batches may be device arrays in any placement; label -1 marks padding, which never votes.
+  Nothing passes through host memory, so banks of any size and multi-host runs work alike.
+  """
   num_devices = mesh.devices.size
-  padding = -len(features) % num_devices
-  features = np.pad(np.asarray(features, np.float32), ((0, padding), (0, 0)))
-  labels = np.pad(np.asarray(labels, np.int32), (0, padding), constant_values=_PAD_LABEL)
+
+  def concatenate(features, labels):
+    features = losses.l2_normalize(jnp.concatenate(features).astype(jnp.float32))
+    labels = jnp.concatenate(labels).astype(jnp.int32)
+    padding = -features.shape[0] % num_devices
+    return (jnp.pad(features, ((0, padding), (0, 0))),
+            jnp.pad(labels, (0, padding), constant_values=PAD_LABEL))
+
   placement = sharding.batch_sharding(mesh)
-  return (jax.device_put(losses.l2_normalize(jnp.asarray(features)), placement),
-          jax.device_put(labels, placement))
+  return jax.jit(concatenate, out_shardings=(placement, placement))(list(features), list(labels))
 
 
 def _shard_top_k(queries, bank, bank_labels, *, k):
   similarities = queries @ bank.T
-  similarities = jnp.where(bank_labels[None, :] == _PAD_LABEL, -jnp.inf, similarities)
+  similarities = jnp.where(bank_labels[None, :] == PAD_LABEL, -jnp.inf, similarities)
   top_similarities, top_indices = jax.lax.top_k(similarities, k)
   return top_similarities, bank_labels[top_indices]
 
@@ -52,19 +61,14 @@ def knn_class_scores(queries, bank, bank_labels, *, k: int, temperature: float,
   similarities, top = jax.lax.top_k(similarities, min(k, similarities.shape[1]))
   labels = jnp.take_along_axis(labels, top, axis=1)
   # Padding only wins a place when the bank has fewer than k real entries; it votes nothing.
-  weights = jnp.where(labels == _PAD_LABEL, 0.0, jnp.exp(similarities / temperature))
+  weights = jnp.where(labels == PAD_LABEL, 0.0, jnp.exp(similarities / temperature))
   return jnp.einsum('qk,qkc->qc', weights, jax.nn.one_hot(labels, num_classes))
 
 
-def knn_accuracy(query_features, query_labels, bank, bank_labels, *, k: int = 200,
-                 temperature: float = 0.1, num_classes: int, mesh: Mesh,
-                 query_batch_size: int = 1024) -> float:
-  """Top-1 accuracy (in [0, 1]) of weighted kNN, querying in batches to bound memory."""
-  correct = 0
-  for start in range(0, len(query_features), query_batch_size):
-    scores = knn_class_scores(jnp.asarray(query_features[start:start + query_batch_size]),
-                              bank, bank_labels, k=k, temperature=temperature,
-                              num_classes=num_classes, mesh=mesh)
-    predictions = np.asarray(jnp.argmax(scores, axis=1))
-    correct += int(np.sum(predictions == query_labels[start:start + query_batch_size]))
-  return correct / len(query_features)
+@functools.partial(jax.jit, static_argnames=('k', 'temperature', 'num_classes', 'mesh'))
+def count_correct(queries, query_labels, bank, bank_labels, *, k: int, temperature: float,
+                  num_classes: int, mesh: Mesh):
+  """How many queries kNN classifies right; padding queries (label -1) never count."""
+  scores = knn_class_scores(queries, bank, bank_labels, k=k, temperature=temperature,
+                            num_classes=num_classes, mesh=mesh)
+  return jnp.sum(jnp.argmax(scores, axis=1) == query_labels)

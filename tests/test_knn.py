@@ -33,13 +33,20 @@ def test_matches_brute_force(num_devices, bank_size, k):
   bank, bank_labels = _clustered_data(rng, centers, bank_size, noise=1.0)
   queries, query_labels = _clustered_data(rng, centers, 50, noise=1.0)
   mesh = sharding.create_mesh(jax.devices()[:num_devices])
-  sharded_bank, sharded_labels = knn.shard_feature_bank(bank, bank_labels, mesh)
+  # Two batches, as the monitor builds the bank from batches of features.
+  sharded_bank, sharded_labels = knn.build_feature_bank(
+      [bank[:100], bank[100:]], [bank_labels[:100], bank_labels[100:]], mesh)
+  assert sharded_bank.shape[0] % num_devices == 0
+  assert len(sharded_bank.sharding.device_set) == num_devices
   scores = knn.knn_class_scores(queries, sharded_bank, sharded_labels, k=k, temperature=0.1,
                                 num_classes=num_classes, mesh=mesh)
   expected = _brute_force_knn_predictions(queries, bank, bank_labels, min(k, bank_size), 0.1,
                                           num_classes)
   np.testing.assert_array_equal(np.argmax(scores, axis=1), expected)
-  accuracy = knn.knn_accuracy(queries, query_labels, sharded_bank, sharded_labels, k=k,
-                              num_classes=num_classes, mesh=mesh, query_batch_size=16)
+  padded_labels = np.concatenate([query_labels, [knn.PAD_LABEL] * 6])
+  padded_queries = np.concatenate([queries, queries[:6]])  # Padding must not count.
+  correct = knn.count_correct(padded_queries, padded_labels, sharded_bank, sharded_labels, k=k,
+                              temperature=0.1, num_classes=num_classes, mesh=mesh)
+  accuracy = int(correct) / len(queries)
   np.testing.assert_allclose(accuracy, np.mean(expected == query_labels))
   assert 0.3 < accuracy < 1.0  # Noisy clusters: informative, not trivially separable.
