@@ -7,25 +7,27 @@ leaves no directory that looks like a step. While a `Checkpointer` is open, the 
 
 The loop this module is written for:
 
-  flag = install_sigterm_handler()
+  preemption = install_sigterm_handler()
   with Checkpointer(workdir, max_to_keep=3, save_every_steps=1000) as ckpt:
     state = create_train_state(...)
     restored = ckpt.restore(state)  # None on a fresh start.
     ...
     for step in range(first_step, num_steps + 1):
       state, metrics = train_step(state, batch)
-      stop = flag.requested or ckpt.reached_preemption(step)
+      stop = preemption.requested or ckpt.reached_preemption(step)
       if stop or step == num_steps or ckpt.should_save(step):
-        check_finite(step, metrics)  # Never overwrite the last good checkpoint.
-        ckpt.save(step, state, config, force=stop or step == num_steps)
+        check_finite(step, metrics)  # Never replace the last good checkpoint by a bad one.
+        ckpt.save(step, state, config, force=True)
       if stop:
         break
 
-`flag.requested` is per host; on multi-host pods use `ckpt.reached_preemption(step)`
-(JAX's preemption sync point, all hosts agree on the step), which requires
-`jax.distributed.initialize()` with the preemption service (the default on Cloud TPU).
+`preemption.requested` is per host: a pod must not act on it alone (a save is collective),
+so multi-host runs rely on `ckpt.reached_preemption(step)`, JAX's preemption sync point on
+which all hosts agree; it needs `jax.distributed.initialize()` with the preemption service
+(the default on Cloud TPU) and is False otherwise.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -95,10 +97,6 @@ class Checkpointer:
   def __exit__(self, *exc_info):
     self.close()
 
-  @property
-  def directory(self) -> epath.Path:
-    return self._manager.directory
-
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
@@ -163,12 +161,12 @@ class Checkpointer:
 
 def restore_config(workdir_or_checkpoint_dir: epath.PathLike) -> ml_collections.ConfigDict:
   """The config stored with the newest readable checkpoint of a run."""
-  manager = _read_only_manager(workdir_or_checkpoint_dir, ocp.StandardCheckpointHandler())
+  with _read_only_manager(workdir_or_checkpoint_dir, ocp.StandardCheckpointHandler()) as manager:
 
-  def restore_json(step):
-    return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
+    def restore_json(step):
+      return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
 
-  _, restored, _ = _restore_newest_readable_or_raise(manager, restore_json)
+    _, restored, _ = _restore_newest_readable_or_raise(manager, restore_json)
   return ml_collections.ConfigDict(restored[CONFIG])
 
 
@@ -180,19 +178,19 @@ def restore_backbone_variables(
   Reads only the backbone arrays, with no optimizer or mesh needed. If `config` is given,
   its model must match the pretrained one (`check_model_config`).
   """
-  manager = _read_only_manager(pretrained_workdir, ocp.PyTreeCheckpointHandler())
+  with _read_only_manager(pretrained_workdir, ocp.PyTreeCheckpointHandler()) as manager:
 
-  def restore_backbone(step):
-    stored = manager.item_metadata(step)[STATE].tree
-    item = {collection: {BACKBONE: stored[collection][BACKBONE]}
-            for collection in ('params', 'batch_stats')}
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    args = ocp.args.Composite(**{
-        STATE: ocp.args.PyTreeRestore(item=item, restore_args=as_numpy, partial_restore=True),
-        CONFIG: ocp.args.JsonRestore()})
-    return manager.restore(step, args=args)
+    def restore_backbone(step):
+      stored = manager.item_metadata(step)[STATE].tree
+      item = {collection: {BACKBONE: stored[collection][BACKBONE]}
+              for collection in ('params', 'batch_stats')}
+      as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+      args = ocp.args.Composite(**{
+          STATE: ocp.args.PyTreeRestore(item=item, restore_args=as_numpy, partial_restore=True),
+          CONFIG: ocp.args.JsonRestore()})
+      return manager.restore(step, args=args)
 
-  _, restored, _ = _restore_newest_readable_or_raise(manager, restore_backbone)
+    _, restored, _ = _restore_newest_readable_or_raise(manager, restore_backbone)
   stored_config = ml_collections.ConfigDict(restored[CONFIG])
   if config is not None:
     check_model_config(stored_config, config, manager.directory)
@@ -253,8 +251,9 @@ def _item_handlers(state_handler: ocp.CheckpointHandler) -> dict[str, ocp.Checkp
   return {STATE: state_handler, CONFIG: ocp.JsonCheckpointHandler()}
 
 
+@contextlib.contextmanager
 def _read_only_manager(workdir_or_checkpoint_dir: epath.PathLike,
-                       state_handler: ocp.CheckpointHandler) -> ocp.CheckpointManager:
+                       state_handler: ocp.CheckpointHandler):
   path = epath.Path(workdir_or_checkpoint_dir)
   directory = path / CHECKPOINT_SUBDIR if (path / CHECKPOINT_SUBDIR).is_dir() else path
   if not directory.is_dir():
@@ -262,8 +261,12 @@ def _read_only_manager(workdir_or_checkpoint_dir: epath.PathLike,
   # save_interval_steps=0 and create=False are what read_only sets anyway; passing them
   # avoids a warning per option.
   options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
-  return ocp.CheckpointManager(directory, options=options,
-                               item_handlers=_item_handlers(state_handler))
+  manager = ocp.CheckpointManager(directory, options=options,
+                                  item_handlers=_item_handlers(state_handler))
+  try:
+    yield manager
+  finally:
+    manager.close()
 
 
 def _config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:

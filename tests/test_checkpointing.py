@@ -255,3 +255,13 @@ def test_sigterm_sets_the_preemption_flag(restore_sigterm_handler):
   assert not flag.requested
   os.kill(os.getpid(), signal.SIGTERM)
   assert flag.requested
+
+
+def test_async_save_survives_the_state_being_donated_right_after(tmp_path):
+  state = _small_state(3)
+  with Checkpointer(tmp_path, max_to_keep=2, save_every_steps=1) as ckpt:
+    assert ckpt.save(3, state, make_tiny_config())
+    for leaf in jax.tree.leaves(state):
+      leaf.delete()  # What donating the state to the next train step does.
+  restored, _ = _restore_small(tmp_path)
+  _assert_trees_equal(restored, _small_state(3))
