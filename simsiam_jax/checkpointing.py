@@ -201,8 +201,8 @@ def check_model_config(stored_config: ml_collections.ConfigDict,
                        config: ml_collections.ConfigDict, checkpoint_path: epath.PathLike):
   """Raises CheckpointError naming every `model.*` field that differs."""
   # Compared in their JSON form, as stored (tuples become lists).
-  stored_model = json.loads(stored_config.model.to_json_best_effort())
-  model = json.loads(config.model.to_json_best_effort())
+  stored_model = _config_to_json(stored_config.model)
+  model = _config_to_json(config.model)
   missing = '<missing>'
   differences = [
       f'model.{field}: checkpoint has {stored_model.get(field, missing)}, '
@@ -225,12 +225,12 @@ def check_finite(step: int, metrics: Any):
 
 
 class PreemptionFlag:
-  """`requested` becomes True when the process receives SIGTERM."""
+  """A signal handler; `requested` becomes True once it has been called."""
 
   def __init__(self):
     self.requested = False
 
-  def _on_sigterm(self, signum, frame):
+  def __call__(self, signum, frame):
     del signum, frame
     self.requested = True
 
@@ -241,7 +241,7 @@ def install_sigterm_handler() -> PreemptionFlag:
   Must be called from the main thread.
   """
   flag = PreemptionFlag()
-  signal.signal(signal.SIGTERM, flag._on_sigterm)  # pylint: disable=protected-access
+  signal.signal(signal.SIGTERM, flag)
   return flag
 
 
