@@ -1,0 +1,401 @@
+"""Checkpoints of a run: the train state and its config, saved asynchronously by orbax.
+
+Layout: `workdir/checkpoints/<step>/{state,config}`. Orbax writes a step into
+`<step>.orbax-checkpoint-tmp-*` and renames it when complete, so a run killed mid-save
+leaves no directory that looks like a step. While a `Checkpointer` is open, the lock file
+`workdir/.simsiam.lock` keeps a second run from writing into the same workdir.
+
+The loop this module is written for:
+
+  preemption = install_sigterm_handler()
+  with Checkpointer(workdir, max_to_keep=3, save_every_steps=1000) as ckpt:
+    state = create_train_state(...)
+    restored = ckpt.restore(state)  # None on a fresh start.
+    ...
+    for step in range(first_step, num_steps + 1):
+      state, metrics = train_step(state, batch)
+      stop = preemption.requested or ckpt.reached_preemption(step)
+      if stop or step == num_steps or ckpt.should_save(step):
+        check_finite(step, metrics)  # Never replace the last good checkpoint by a bad one.
+        ckpt.save(step, state, config, force=True)
+      if stop:
+        break
+
+`preemption.requested` is per host: a pod must not act on it alone (a save is collective),
+so multi-host runs rely on `ckpt.reached_preemption(step)`, JAX's preemption sync point on
+which all hosts agree; it needs `jax.distributed.initialize()` with the preemption service
+(the default on Cloud TPU) and is False otherwise.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+CHECKPOINT_SUBDIR = 'checkpoints'
+LOCK_FILENAME = '.simsiam.lock'
+STATE = 'state'
+CONFIG = 'config'
+# The subtree of params and batch_stats that linear evaluation keeps.
+BACKBONE = 'backbone'
+# Suffix of step directories that failed to restore, renamed so that orbax no longer
+# counts them as steps (and a new save of that step is possible) but kept for inspection.
+CORRUPT_SUFFIX = '.corrupt'
+
+
+class CheckpointError(ValueError):
+  """A checkpoint or workdir problem; the message names the path."""
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Metrics of a step are NaN or infinite; the message names the step."""
+
+
+def checkpoint_dir(workdir: epath.PathLike) -> epath.Path:
+  return epath.Path(workdir) / CHECKPOINT_SUBDIR
+
+
+class Checkpointer:
+  """Saves and restores the train state and config in `workdir/checkpoints`.
+
+  Saves are asynchronous: `save` returns once the arrays are copied off the devices.
+  Only one Checkpointer may be open on a workdir at a time (see `LOCK_FILENAME`).
+  """
+
+  def __init__(self, workdir: epath.PathLike, *, max_to_keep: int, save_every_steps: int):
+    self._lock_path = _acquire_workdir_lock(workdir) if jax.process_index() == 0 else None
+    try:
+      options = ocp.CheckpointManagerOptions(
+          save_decision_policy=ocp.checkpoint_managers.AnySavePolicy([
+              ocp.checkpoint_managers.FixedIntervalPolicy(save_every_steps),
+              ocp.checkpoint_managers.PreemptionCheckpointingPolicy()]),
+          preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+          # Safe because the lock guarantees no other run is writing here.
+          cleanup_tmp_directories=True,
+          enable_async_checkpointing=True)
+      self._manager = ocp.CheckpointManager(
+          checkpoint_dir(workdir), options=options,
+          item_handlers=_item_handlers(ocp.StandardCheckpointHandler()))
+    except BaseException:
+      self._release_lock()
+      raise
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    """Whether `save(step, ...)` without `force` would write a checkpoint."""
+    return self._manager.should_save(step)
+
+  def reached_preemption(self, step: int) -> bool:
+    """JAX's multi-host preemption sync point; False where the service is off."""
+    return self._manager.reached_preemption(step)
+
+  def save(self, step: int, state: Any, config: ml_collections.ConfigDict, *,
+           force: bool = False) -> bool:
+    """Starts saving `state` and `config` as `step`; returns whether a save started.
+
+    Without `force`, saves every `save_every_steps` steps (and at a preemption sync
+    point). A step that is already saved is never overwritten.
+    """
+    if step in self._manager.all_steps() or not (force or self.should_save(step)):
+      return False
+    args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
+                                 CONFIG: ocp.args.JsonSave(_config_to_json(config))})
+    return self._manager.save(step, args=args, force=True)
+
+  def restore(self, target: Any) -> tuple[Any, int] | None:
+    """Restores the newest readable checkpoint into the structure and shardings of `target`.
+
+    `target` is a train state (e.g. freshly created on the current mesh) or a tree of
+    `jax.ShapeDtypeStruct`s with shardings; the mesh may differ from the saving run's.
+    Newer steps that fail to restore are logged, renamed to `<step>.corrupt-<time>` and
+    skipped. Returns (state, step), or None if there is no checkpoint.
+    """
+    abstract_state = jax.tree.map(_abstract_array, target)
+
+    def restore_state(step):
+      args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})
+      return self._manager.restore(step, args=args)[STATE]
+
+    restored = _restore_newest_readable(self._manager, restore_state)
+    if restored is None:
+      return None
+    step, state, unreadable_steps = restored
+    if unreadable_steps:
+      _set_aside(self._manager, unreadable_steps)
+    return state, step
+
+  def wait_until_finished(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    """Waits for pending saves, then releases the workdir."""
+    try:
+      self._manager.close()
+    finally:
+      self._release_lock()
+
+  def _release_lock(self):
+    if self._lock_path is not None:
+      _release_workdir_lock(self._lock_path)
+      self._lock_path = None
+
+
+def restore_config(workdir_or_checkpoint_dir: epath.PathLike) -> ml_collections.ConfigDict:
+  """The config stored with the newest readable checkpoint of a run."""
+  with _read_only_manager(workdir_or_checkpoint_dir, ocp.StandardCheckpointHandler()) as manager:
+
+    def restore_json(step):
+      return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
+
+    _, restored, _ = _restore_newest_readable_or_raise(manager, restore_json)
+  return ml_collections.ConfigDict(restored[CONFIG])
+
+
+def restore_backbone_variables(
+    pretrained_workdir: epath.PathLike, config: ml_collections.ConfigDict | None = None
+) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
+  """The pretrained backbone's {'params', 'batch_stats'} (numpy) and the stored config.
+
+  Reads only the backbone arrays, with no optimizer or mesh needed. If `config` is given,
+  its model must match the pretrained one (`check_model_config`).
+  """
+  with _read_only_manager(pretrained_workdir, ocp.PyTreeCheckpointHandler()) as manager:
+
+    def restore_backbone(step):
+      stored = manager.item_metadata(step)[STATE].tree
+      item = {collection: {BACKBONE: stored[collection][BACKBONE]}
+              for collection in ('params', 'batch_stats')}
+      as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+      args = ocp.args.Composite(**{
+          STATE: ocp.args.PyTreeRestore(item=item, restore_args=as_numpy, partial_restore=True),
+          CONFIG: ocp.args.JsonRestore()})
+      return manager.restore(step, args=args)
+
+    _, restored, _ = _restore_newest_readable_or_raise(manager, restore_backbone)
+  stored_config = ml_collections.ConfigDict(restored[CONFIG])
+  if config is not None:
+    check_model_config(stored_config, config, manager.directory)
+  return restored[STATE], stored_config
+
+
+def check_model_config(stored_config: ml_collections.ConfigDict,
+                       config: ml_collections.ConfigDict, checkpoint_path: epath.PathLike):
+  """Raises CheckpointError naming every `model.*` field that differs."""
+  # Compared in their JSON form, as stored (tuples become lists).
+  stored_model = _config_to_json(stored_config.model)
+  model = _config_to_json(config.model)
+  missing = '<missing>'
+  differences = [
+      f'model.{field}: checkpoint has {stored_model.get(field, missing)}, '
+      f'config has {model.get(field, missing)}'
+      for field in sorted(stored_model.keys() | model.keys())
+      if stored_model.get(field, missing) != model.get(field, missing)]
+  if differences:
+    raise CheckpointError(f'The model of the checkpoint in {checkpoint_path} differs from the '
+                          f'config: ' + '; '.join(differences))
+
+
+def check_finite(step: int, metrics: Any):
+  """Raises NonFiniteLossError if any metric is NaN or infinite."""
+  leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(metrics))
+  bad = [f'{jax.tree_util.keystr(path)}={value}' for path, value in leaves
+         if not np.all(np.isfinite(value))]
+  if bad:
+    raise NonFiniteLossError(f'Non-finite metrics at step {step}: {", ".join(bad)}. Stopping '
+                             'without saving, so the last checkpoint stays good.')
+
+
+class PreemptionFlag:
+  """A signal handler; `requested` becomes True once it has been called."""
+
+  def __init__(self):
+    self.requested = False
+
+  def __call__(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+
+def install_sigterm_handler() -> PreemptionFlag:
+  """Replaces SIGTERM's default (exit at once) by setting a flag the loop polls.
+
+  Must be called from the main thread.
+  """
+  flag = PreemptionFlag()
+  signal.signal(signal.SIGTERM, flag)
+  return flag
+
+
+def _item_handlers(state_handler: ocp.CheckpointHandler) -> dict[str, ocp.CheckpointHandler]:
+  # Naming the handlers up front lets a restore read one item without orbax warning
+  # that it cannot restore the others.
+  return {STATE: state_handler, CONFIG: ocp.JsonCheckpointHandler()}
+
+
+@contextlib.contextmanager
+def _read_only_manager(workdir_or_checkpoint_dir: epath.PathLike,
+                       state_handler: ocp.CheckpointHandler):
+  path = epath.Path(workdir_or_checkpoint_dir)
+  directory = path / CHECKPOINT_SUBDIR if (path / CHECKPOINT_SUBDIR).is_dir() else path
+  if not directory.is_dir():
+    raise CheckpointError(f'No checkpoint directory at {directory}.')
+  # save_interval_steps=0 and create=False are what read_only sets anyway; passing them
+  # avoids a warning per option.
+  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+  manager = ocp.CheckpointManager(directory, options=options,
+                                  item_handlers=_item_handlers(state_handler))
+  try:
+    yield manager
+  finally:
+    manager.close()
+
+
+def _config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  # Best effort, so that an odd config value cannot make a save fail.
+  return json.loads(config.to_json_best_effort())
+
+
+def _abstract_array(x):
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  return x
+
+
+def _step_path(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+  return manager.directory / str(step)
+
+
+def _restore_newest_readable(manager: ocp.CheckpointManager, restore_step):
+  """(step, restore_step(step), newer unreadable steps) for the newest step that restores.
+
+  None if there are no steps; CheckpointError if none restores.
+  """
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, restore_step(step), [failed_step for failed_step, _ in failures]
+    except Exception as error:  # pylint: disable=broad-except
+      # Damaged files surface as many types (ValueError, OSError, tensorstore errors).
+      logging.warning('Cannot restore checkpoint %s (%s: %s); trying the previous one.',
+                      _step_path(manager, step), type(error).__name__, error)
+      failures.append((step, error))
+  if not failures:
+    return None
+  details = '; '.join(f'{_step_path(manager, step)}: {type(error).__name__}: {error}'
+                      for step, error in failures)
+  raise CheckpointError(f'No checkpoint in {manager.directory} could be restored: '
+                        f'{details}') from failures[0][1]
+
+
+def _restore_newest_readable_or_raise(manager: ocp.CheckpointManager, restore_step):
+  restored = _restore_newest_readable(manager, restore_step)
+  if restored is None:
+    raise CheckpointError(f'No checkpoint in {manager.directory}.')
+  return restored
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps):
+  """Renames unreadable steps out of orbax's view, so the run can save them again."""
+  # Only after an older step restored into the same target: that rules out the target
+  # (rather than the files) being what is wrong.
+  if jax.process_index() == 0:
+    for step in steps:
+      path = _step_path(manager, step)
+      corrupt_path = path.parent / f'{path.name}{CORRUPT_SUFFIX}-{int(time.time())}'
+      logging.warning('Moving unreadable checkpoint %s to %s.', path, corrupt_path)
+      path.rename(corrupt_path)
+  multihost_utils.sync_global_devices('simsiam_jax.checkpointing.set_aside')
+  manager.reload()
+
+
+def _acquire_workdir_lock(workdir: epath.PathLike) -> str | None:
+  """Takes `workdir/LOCK_FILENAME`, or raises CheckpointError if a live run holds it.
+
+  A lock left by a dead process on this host is taken over. Returns the lock's path, or
+  None for non-local workdirs (gs://...), where pids and O_EXCL mean nothing.
+  """
+  workdir = os.fspath(workdir)
+  if '://' in workdir:
+    logging.warning('No workdir lock on %s: only local workdirs are locked.', workdir)
+    return None
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILENAME)
+  if _try_create_lock(path):
+    return path
+  holder = _read_lock(path)
+  if holder['hostname'] != socket.gethostname() or _pid_alive(holder['pid']):
+    raise CheckpointError(
+        f'{workdir} is in use by process {holder["pid"]} on {holder["hostname"]} (lock file '
+        f'{path}). Use another workdir, or delete the lock file if that run is dead.')
+  logging.warning('Taking over the lock %s of process %d, which is no longer running.',
+                  path, holder['pid'])
+  os.remove(path)
+  if not _try_create_lock(path):
+    raise CheckpointError(f'Another run took the lock {path} of {workdir} just now.')
+  return path
+
+
+def _lock_owner() -> dict[str, Any]:
+  return {'pid': os.getpid(), 'hostname': socket.gethostname()}
+
+
+def _try_create_lock(path: str) -> bool:
+  """Atomically creates the lock file with its full content; False if it exists."""
+  # Written aside and hard-linked into place, so nobody ever reads a half-written lock.
+  staging_path = f'{path}.{os.getpid()}'
+  with open(staging_path, 'w') as f:
+    json.dump(_lock_owner(), f)
+  try:
+    os.link(staging_path, path)
+    return True
+  except FileExistsError:
+    return False
+  finally:
+    os.remove(staging_path)
+
+
+def _read_lock(path: str) -> dict[str, Any]:
+  try:
+    with open(path) as f:
+      holder = json.load(f)
+    return {'pid': int(holder['pid']), 'hostname': str(holder['hostname'])}
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    raise CheckpointError(f'Unreadable lock file {path} ({error}); delete it if no run is '
+                          'using this workdir.') from error
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Alive, owned by another user.
+    return True
+  return True
+
+
+def _release_workdir_lock(path: str):
+  try:
+    if _read_lock(path) == _lock_owner():
+      os.remove(path)
+  except CheckpointError:
+    logging.warning('Lock file %s vanished or changed; leaving it.', path)
