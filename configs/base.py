@@ -41,7 +41,15 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.synthetic_train_examples = 2048
   data.synthetic_eval_examples = 512
   data.image_size = 224
+  # Shuffle buffer of the TFDS source; the folder and synthetic sources permute fully.
   data.shuffle_buffer = 16_384
+  # Folder source: read every file's header once at startup to skip non-images.
+  data.validate_files = True
+  # Evaluation view: central crop of this fraction of the shorter side (224 of 256),
+  # resized to image_size; 1.0 for small images such as CIFAR's.
+  data.eval_crop_fraction = 0.875
+  # Threads of the tf.data private thread pool; 0: one per CPU core.
+  data.host_threads = 0
   # Normalization happens on the device; the host ships uint8.
   data.mean = IMAGENET_MEAN
   data.std = IMAGENET_STD

@@ -1,0 +1,247 @@
+"""The MoCo v2 augmentation recipe as TensorFlow ops on single images.
+
+Every random op takes a `seed` (an int32/int64 tensor of shape [2]) and draws with
+`tf.random.stateless_*`, so an augmentation is a pure function of the image and the seed:
+the pipeline derives seeds from (config.seed, position in the batch stream, view), which
+makes it reproducible and restartable at any step.
+
+Images flow through the ops as float32 in [0, 1]; `two_views` takes encoded bytes or uint8
+pixels and returns uint8 views, which the device normalizes.
+
+The ops follow torchvision's definitions (the official SimSiam code uses torchvision):
+RandomResizedCrop samples area and log-aspect-ratio uniformly with 10 attempts and a
+central-crop fallback; ColorJitter multiplies (brightness), blends with the grayscale mean
+(contrast) or the grayscale image (saturation), rotates hue, in a random order; grayscale
+uses the ITU-R 601-2 luma weights.
+"""
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+_CROP_ATTEMPTS = 10
+
+
+def uniform(seed, shape=(), minval=0.0, maxval=1.0):
+  return tf.random.stateless_uniform(shape, seed, minval=minval, maxval=maxval)
+
+
+def random_resized_crop_window(image_shape, seed, scale: Sequence[float],
+                               ratio: Sequence[float]):
+  """torchvision's RandomResizedCrop.get_params: a window [y, x, h, w] of `image_shape`.
+
+  All attempts are drawn at once and the first one that fits is taken.
+  """
+  height = tf.cast(image_shape[0], tf.float32)
+  width = tf.cast(image_shape[1], tf.float32)
+  area_seed, ratio_seed, offset_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 3))
+  target_area = height * width * uniform(area_seed, [_CROP_ATTEMPTS], *scale)
+  log_ratio = uniform(ratio_seed, [_CROP_ATTEMPTS], math.log(ratio[0]), math.log(ratio[1]))
+  aspect = tf.exp(log_ratio)
+  crop_w = tf.round(tf.sqrt(target_area * aspect))
+  crop_h = tf.round(tf.sqrt(target_area / aspect))
+  fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+
+  # Fallback when no attempt fits: the largest central crop with the ratio clamped.
+  in_ratio = width / height
+  fallback_w = tf.where(in_ratio < ratio[0], width,
+                        tf.where(in_ratio > ratio[1], tf.round(height * ratio[1]), width))
+  fallback_h = tf.where(in_ratio < ratio[0], tf.round(width / ratio[0]), height)
+  any_fits = tf.reduce_any(fits)
+  first = tf.argmax(tf.cast(fits, tf.int32))
+  crop_h = tf.where(any_fits, crop_h[first], fallback_h)
+  crop_w = tf.where(any_fits, crop_w[first], fallback_w)
+
+  offset = uniform(offset_seed, [2])
+  y = tf.where(any_fits, tf.floor(offset[0] * (height - crop_h + 1)), (height - crop_h) // 2)
+  x = tf.where(any_fits, tf.floor(offset[1] * (width - crop_w + 1)), (width - crop_w) // 2)
+  return tf.cast(tf.stack([y, x, crop_h, crop_w]), tf.int32)
+
+
+def center_crop_window(image_shape, crop_fraction: float):
+  """The central square of side crop_fraction * shorter side (resize-then-center-crop)."""
+  height, width = image_shape[0], image_shape[1]
+  side = tf.maximum(
+      tf.cast(crop_fraction * tf.cast(tf.minimum(height, width), tf.float32), tf.int32), 1)
+  return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
+
+
+def decode_windows(image, windows_fn):
+  """Decodes `image` once and returns (pixels, windows relative to those pixels).
+
+  `image` is encoded bytes (JPEG, PNG, ...) or uint8 pixels [H, W, 3]; `windows_fn` maps
+  the image shape [H, W] to crop windows [k, 4]. A JPEG is decoded only inside the union
+  of the windows, as flax's ImageNet pipeline does for its single crop.
+  """
+  if image.dtype != tf.string:
+    return image, windows_fn(tf.shape(image)[:2])
+
+  def decode_jpeg_union():
+    windows = windows_fn(tf.io.extract_jpeg_shape(image)[:2])
+    top_left = tf.reduce_min(windows[:, :2], axis=0)
+    bottom_right = tf.reduce_max(windows[:, :2] + windows[:, 2:], axis=0)
+    union = tf.concat([top_left, bottom_right - top_left], axis=0)
+    # A truncated JPEG decodes with its missing rows gray instead of failing mid-epoch.
+    pixels = tf.io.decode_and_crop_jpeg(
+        image, union, channels=3, try_recover_truncated=True, acceptable_fraction=0.0)
+    return pixels, windows - tf.concat([top_left, [0, 0]], axis=0)
+
+  def decode_other():
+    pixels = tf.io.decode_image(image, channels=3, expand_animations=False)
+    pixels.set_shape([None, None, 3])
+    return pixels, windows_fn(tf.shape(pixels)[:2])
+
+  return tf.cond(tf.io.is_jpeg(image), decode_jpeg_union, decode_other)
+
+
+def crop_and_resize(pixels, windows, size: int):
+  """Crops each window [y, x, h, w] of `pixels` and resizes it (bilinear) to size x size.
+
+  One op for all views. Returns float32 [k, size, size, 3] in [0, 1].
+  """
+  shape = tf.cast(tf.shape(pixels)[:2], tf.float32)
+  windows = tf.cast(windows, tf.float32)
+  last_pixel = tf.maximum(shape - 1, 1)
+  # Corner-aligned normalized boxes: the first and last sampled pixels are the window's.
+  top_left = windows[:, :2] / last_pixel
+  bottom_right = (windows[:, :2] + windows[:, 2:] - 1) / last_pixel
+  boxes = tf.concat([top_left, bottom_right], axis=1)
+  crops = tf.image.crop_and_resize(
+      pixels[None], boxes, tf.zeros([tf.shape(boxes)[0]], tf.int32), [size, size])
+  return crops / 255.0
+
+
+def grayscale(image):
+  return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
+
+
+def _blend(image, other, factor):
+  return tf.clip_by_value(factor * image + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def adjust_brightness(image, factor):
+  return tf.clip_by_value(image * factor, 0.0, 1.0)
+
+
+def adjust_contrast(image, factor):
+  return _blend(image, tf.reduce_mean(tf.image.rgb_to_grayscale(image)), factor)
+
+
+def adjust_saturation(image, factor):
+  return _blend(image, tf.image.rgb_to_grayscale(image), factor)
+
+
+def adjust_hue(image, delta):
+  return tf.image.adjust_hue(image, delta)
+
+
+def color_jitter(image, seed, brightness: float, contrast: float, saturation: float,
+                 hue: float):
+  """torchvision's ColorJitter: the four adjustments in a random order."""
+  factor_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  low = tf.constant([max(0.0, 1.0 - brightness), 1.0 - contrast, 1.0 - saturation, -hue])
+  high = tf.constant([1.0 + brightness, 1.0 + contrast, 1.0 + saturation, hue])
+  factors = low + (high - low) * uniform(factor_seed, [4])
+  order = tf.argsort(uniform(order_seed, [4]))
+  adjustments = [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue]
+  for position in range(4):
+    op = order[position]
+    image = tf.switch_case(
+        op, [lambda fn=fn: fn(image, factors[op]) for fn in adjustments])
+  return image
+
+
+def gaussian_kernel_size(image_size: int, kernel_fraction: float) -> int:
+  """Odd kernel side closest below kernel_fraction * image_size (23 at 224)."""
+  return max(int(kernel_fraction * image_size) // 2 * 2 + 1, 3)
+
+
+def gaussian_blur(image, sigma, kernel_size: int):
+  """Separable Gaussian blur of an [H, W, 3] image, reflecting at the borders."""
+  radius = kernel_size // 2
+  x = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-0.5 * tf.square(x / sigma))
+  kernel /= tf.reduce_sum(kernel)
+  padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+                  mode='REFLECT')
+  channels = tf.shape(image)[-1]
+  vertical = tf.tile(tf.reshape(kernel, [kernel_size, 1, 1, 1]), [1, 1, channels, 1])
+  horizontal = tf.reshape(vertical, [1, kernel_size, channels, 1])
+  blurred = tf.nn.depthwise_conv2d(padded, vertical, [1, 1, 1, 1], 'VALID')
+  blurred = tf.nn.depthwise_conv2d(blurred, horizontal, [1, 1, 1, 1], 'VALID')
+  return blurred[0]
+
+
+def random_apply(fn, image, seed, prob: float):
+  """fn(image) with probability `prob`, else the image; only the taken branch runs."""
+  if prob <= 0:
+    return image
+  return tf.cond(uniform(seed) < prob, lambda: fn(image), lambda: image)
+
+
+def random_color_jitter(image, seed, aug):
+  apply_seed, jitter_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  jitter = lambda x: color_jitter(x, jitter_seed, aug.brightness, aug.contrast,
+                                  aug.saturation, aug.hue)
+  return random_apply(jitter, image, apply_seed, aug.color_jitter_prob)
+
+
+def random_grayscale(image, seed, prob: float):
+  return random_apply(grayscale, image, seed, prob)
+
+
+def random_gaussian_blur(image, seed, prob: float, sigma_range: Sequence[float],
+                         kernel_size: int):
+  apply_seed, sigma_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  sigma = uniform(sigma_seed, (), *sigma_range)
+  return random_apply(lambda x: gaussian_blur(x, sigma, kernel_size), image, apply_seed,
+                      prob)
+
+
+def random_flip(image, seed, prob: float):
+  return random_apply(lambda x: x[:, ::-1], image, seed, prob)
+
+
+def to_uint8(image):
+  return tf.cast(tf.clip_by_value(tf.round(image * 255.0), 0, 255), tf.uint8)
+
+
+def augment_view(image, seed, aug, image_size: int):
+  """Everything after the crop, in the recipe's order, on one float32 view."""
+  jitter_seed, gray_seed, blur_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4))
+  image = random_color_jitter(image, jitter_seed, aug)
+  image = random_grayscale(image, gray_seed, aug.grayscale_prob)
+  image = random_gaussian_blur(
+      image, blur_seed, aug.blur_prob, aug.blur_sigma,
+      gaussian_kernel_size(image_size, aug.blur_kernel_fraction))
+  image = random_flip(image, flip_seed, aug.flip_prob)
+  return to_uint8(image)
+
+
+def two_views(image, seed, aug, image_size: int):
+  """Two independently augmented uint8 views [image_size, image_size, 3] of one image.
+
+  The image is decoded once; both crops are cut from it.
+  """
+  crop_seeds, view_seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  crop_seeds = tf.random.experimental.stateless_split(crop_seeds, 2)
+  view_seeds = tf.random.experimental.stateless_split(view_seeds, 2)
+
+  def windows_fn(shape):
+    return tf.stack([
+        random_resized_crop_window(shape, crop_seeds[v], aug.crop_scale, aug.crop_ratio)
+        for v in range(2)])
+
+  pixels, windows = decode_windows(image, windows_fn)
+  crops = crop_and_resize(pixels, windows, image_size)
+  return tuple(augment_view(crops[v], view_seeds[v], aug, image_size) for v in range(2))
+
+
+def center_view(image, image_size: int, crop_fraction: float):
+  """The evaluation view: central crop (crop_fraction of the shorter side), resized."""
+  pixels, windows = decode_windows(
+      image, lambda shape: center_crop_window(shape, crop_fraction)[None])
+  return to_uint8(crop_and_resize(pixels, windows, image_size)[0])

@@ -1,0 +1,163 @@
+"""Host input pipeline: two augmented uint8 views per image, sharded over processes.
+
+Determinism: epoch e visits this process's shard in an order drawn from (config.seed, e),
+and the example in slot s of the global batch stream (s = step * batch_size + position)
+is augmented with seed (config.seed, s). Both are pure functions of the step, so
+`create_pretrain_iterator(config, start_step=k)` yields exactly what an uninterrupted
+iterator yields from step k on, and reaches step k by skipping keys (indices or encoded
+records), not images.
+"""
+
+import collections
+import itertools
+import math
+import os
+from typing import Callable, Iterator
+
+import jax
+import tensorflow as tf
+
+from simsiam_jax import augmentations
+from simsiam_jax import datasets
+from simsiam_jax import sharding
+from simsiam_jax.datasets import DataError  # pylint: disable=unused-import
+
+# The host pipeline must leave accelerators to JAX.
+tf.config.set_visible_devices([], 'GPU')
+tf.config.set_visible_devices([], 'TPU')
+
+Batch = dict
+
+
+def _processes(process_index, process_count):
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  return process_index, process_count
+
+
+def local_batch_size(config, process_count: int) -> int:
+  if config.batch_size % process_count:
+    raise DataError(f'config.batch_size={config.batch_size} is not divisible by the '
+                    f'{process_count} processes')
+  return config.batch_size // process_count
+
+
+def _options(config) -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.autotune.enabled = True
+  options.threading.private_threadpool_size = config.data.host_threads or os.cpu_count()
+  # Parallelism comes from processing many images at once, not from splitting one op.
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def load_split(config, field: str) -> datasets.Split:
+  return datasets.load_split(config.data, field, config.seed)
+
+
+def num_pretrain_examples(config) -> int:
+  """Examples in the global pretraining split; steps per epoch = this // batch_size."""
+  return load_split(config, 'train_split').num_examples
+
+
+def num_classes(config) -> int:
+  """Classes of the labeled evaluation splits."""
+  return load_split(config, 'eval_train_split').num_classes
+
+
+def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
+                             process_count=None) -> Iterator[Batch]:
+  """This process's share of every global batch from `start_step` on, forever.
+
+  Yields {'view1', 'view2'}: uint8 numpy arrays [batch_size // process_count, H, W, 3].
+  """
+  process_index, process_count = _processes(process_index, process_count)
+  split = load_split(config, 'train_split')
+  local_batch = local_batch_size(config, process_count)
+  steps_per_epoch = split.num_examples // config.batch_size
+  if not steps_per_epoch:
+    raise DataError(f'config.batch_size={config.batch_size} is larger than the '
+                    f'{split.num_examples} examples of config.data.train_split')
+  start_epoch, start_offset = divmod(start_step, steps_per_epoch)
+
+  def epoch_keys(epoch):
+    shuffle_seed = tf.stack([tf.constant(config.seed, tf.int64), epoch])
+    return split.keys(process_index, process_count, shuffle_seed).take(
+        steps_per_epoch * local_batch)
+
+  def two_views(position, key):
+    step = position // local_batch
+    slot = step * config.batch_size + process_index * local_batch + position % local_batch
+    view1, view2 = augmentations.two_views(
+        split.read(key)['image'], tf.stack([tf.constant(config.seed, tf.int64), slot]),
+        config.aug, config.data.image_size)
+    return {'view1': view1, 'view2': view2}
+
+  ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_keys)
+  ds = ds.skip(start_offset * local_batch).enumerate(start=start_step * local_batch)
+  ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
+  # Files that pass the header check but fail to decode are dropped, not fatal.
+  ds = ds.ignore_errors(log_warning=True)
+  ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return iter(ds.with_options(_options(config)).as_numpy_iterator())
+
+
+def _eval_dataset(config, split: datasets.Split, process_index, process_count):
+  """The split once, un-augmented, padded with mask=False to the same batch count on
+  every process."""
+  local_batch = local_batch_size(config, process_count)
+  num_batches = math.ceil(math.ceil(split.num_examples / process_count) / local_batch)
+
+  def center_view(key):
+    example = split.read(key)
+    return {'image': augmentations.center_view(example['image'], config.data.image_size,
+                                               config.data.eval_crop_fraction),
+            'label': tf.cast(example['label'], tf.int32),
+            'mask': tf.constant(True)}
+
+  size = config.data.image_size
+  padding = {'image': tf.zeros([size, size, 3], tf.uint8), 'label': tf.constant(-1),
+             'mask': tf.constant(False)}
+  ds = split.keys(process_index, process_count)
+  ds = ds.map(center_view, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(
+      log_warning=True)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+  ds = ds.take(num_batches * local_batch).batch(local_batch).prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(_options(config))
+
+
+def create_eval_iterators(config, *, process_index=None, process_count=None
+                          ) -> tuple[Callable[[], Iterator[Batch]],
+                                     Callable[[], Iterator[Batch]]]:
+  """(train_iter_fn, eval_iter_fn): each call returns a fresh pass over its split.
+
+  Batches are {'image': uint8 [B_local, H, W, 3], 'label': int32 [B_local],
+  'mask': bool [B_local]}, mask=False on padding. The splits are config.data.
+  eval_train_split (features for kNN / the linear classifier) and config.data.eval_split.
+  """
+  process_index, process_count = _processes(process_index, process_count)
+  train, test = (load_split(config, field) for field in ('eval_train_split', 'eval_split'))
+  if train.num_classes != test.num_classes:
+    raise DataError(f'config.data.eval_split: {test.num_classes} classes, but '
+                    f'config.data.eval_train_split has {train.num_classes}')
+
+  def iter_fn(split):
+    ds = _eval_dataset(config, split, process_index, process_count)
+    return lambda: iter(ds.as_numpy_iterator())
+
+  return iter_fn(train), iter_fn(test)
+
+
+def prefetch_to_mesh(iterator: Iterator[Batch], mesh, size: int = 2):
+  """Global batch-sharded jax.Arrays from local numpy batches, `size` transfers ahead."""
+  queue = collections.deque()
+
+  def enqueue(n):
+    for batch in itertools.islice(iterator, n):
+      queue.append(sharding.global_batch_from_local(batch, mesh))
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
