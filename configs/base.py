@@ -75,12 +75,45 @@ def get_augmentation_config() -> ml_collections.ConfigDict:
   return aug
 
 
+def get_knn_config() -> ml_collections.ConfigDict:
+  """Weighted kNN monitor (Wu et al. 2018), as in the paper's Fig. 2."""
+  knn = ml_collections.ConfigDict()
+  knn.k = 200
+  knn.temperature = 0.1
+  # Pretraining computes it every this many epochs (0: never) and at the end.
+  knn.every_epochs = 0
+  return knn
+
+
+def get_linear_config() -> ml_collections.ConfigDict:
+  """Linear classifier on the frozen backbone: the official recipe (LARS, batch 4096)."""
+  linear = ml_collections.ConfigDict()
+  # False: RandomResizedCrop + flip views through the frozen backbone every step (official).
+  # True: features of centre crops extracted once, classifier trained on the cache (fast).
+  linear.cached_features = False
+  linear.batch_size = 4096
+  linear.num_epochs = 90
+  # lr = base_lr * batch_size / 256, cosine-decayed.
+  linear.base_lr = 0.1
+  linear.momentum = 0.9
+  linear.weight_decay = 0.0
+  linear.crop_scale = (0.08, 1.0)
+  linear.log_every_steps = 50
+  return linear
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  # 'pretrain', 'linear_eval' (needs pretrained_workdir) or 'knn' (kNN of a checkpoint).
+  config.mode = 'pretrain'
+  # Workdir of a pretraining run whose latest checkpoint the evaluation modes read.
+  config.pretrained_workdir = ml_collections.config_dict.placeholder(str)
   config.seed = 0
   config.model = get_model_config()
   config.data = get_data_config()
   config.aug = get_augmentation_config()
+  config.knn = get_knn_config()
+  config.linear = get_linear_config()
 
   # Global batch over all devices and hosts.
   config.batch_size = 512
@@ -98,4 +131,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.half_precision = False
 
   config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  # A warning once z-std stays below this fraction of 1/sqrt(dim) for a whole log window.
+  config.collapse_warning_fraction = 0.2
   return config

@@ -15,9 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
 from simsiam_jax import losses, sharding
-
-# The label of padding examples, in the bank and in the input pipeline's eval batches.
-PAD_LABEL = -1
+from simsiam_jax.features import PAD_LABEL
 
 
 def build_feature_bank(features: Sequence[jax.Array], labels: Sequence[jax.Array], mesh: Mesh):

@@ -1,0 +1,185 @@
+"""Linear evaluation: a linear classifier on the frozen pretrained backbone (paper Sec. 4).
+
+Two modes:
+- the official recipe (`config.linear.cached_features=False`): every step draws
+  RandomResizedCrop + flip views, runs them through the frozen backbone (BatchNorm in
+  inference mode) and trains the classifier with LARS;
+- a fast mode (`cached_features=True`): backbone features of centre crops are extracted once
+  and the classifier trains on them; cheaper, usually a little below the official number,
+  and reported as "cached features".
+"""
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Callable, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+from jax.sharding import Mesh
+
+from simsiam_jax import checkpointing, config_validation, features, input_pipeline, reporting
+from simsiam_jax import sharding
+
+
+class LinearClassifier(nn.Module):
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    # The official recipe's initialisation: weights N(0, 0.01), zero bias.
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
+                    bias_init=nn.initializers.zeros)(x)
+
+
+def _is_weight_matrix(params):
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(linear_config: ml_collections.ConfigDict,
+                     steps_per_epoch: int) -> optax.GradientTransformation:
+  """LARS (trust coefficient 0.001, bias excluded), lr = base_lr * batch / 256, cosine."""
+  init_lr = linear_config.base_lr * linear_config.batch_size / 256
+  schedule = optax.cosine_decay_schedule(init_lr, linear_config.num_epochs * steps_per_epoch)
+  return optax.lars(schedule, weight_decay=linear_config.weight_decay,
+                    weight_decay_mask=_is_weight_matrix, trust_coefficient=0.001, eps=0.0,
+                    trust_ratio_mask=_is_weight_matrix, momentum=linear_config.momentum)
+
+
+def _valid(labels):
+  return labels != features.PAD_LABEL
+
+
+def classifier_step(state: train_state.TrainState, batch_features, labels):
+  """One step on (features, labels); label -1 marks padding, which carries no loss."""
+  valid = _valid(labels)
+
+  def loss_fn(params):
+    logits = state.apply_fn({'params': params}, batch_features)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    return jnp.sum(losses * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  return state.apply_gradients(grads=grads), loss
+
+
+def count_correct(params, apply_fn, batch_features, labels):
+  """(top-1 correct, top-5 correct, real examples) of a batch."""
+  logits = apply_fn({'params': params}, batch_features)
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  hits = (top5 == labels[:, None]) & _valid(labels)[:, None]
+  return jnp.array([jnp.sum(hits[:, 0]), jnp.sum(jnp.any(hits, axis=1)),
+                    jnp.sum(_valid(labels))])
+
+
+def evaluate(state, feature_fn: Callable, backbone, batches, mesh: Mesh) -> dict[str, float]:
+  """Top-1 / top-5 accuracy (in percent) of the classifier on un-augmented batches."""
+  correct_fn = jax.jit(functools.partial(count_correct, apply_fn=state.apply_fn))
+  counts = 0
+  for local_batch in batches:
+    batch_features, labels = feature_fn(backbone,
+                                        sharding.global_batch_from_local(local_batch, mesh))
+    counts += correct_fn(state.params, batch_features=batch_features, labels=labels)
+  top1, top5, total = (int(c) for c in jax.device_get(counts))
+  return {'top1': 100.0 * top1 / max(total, 1), 'top5': 100.0 * top5 / max(total, 1)}
+
+
+def cached_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbone,
+                           mesh: Mesh) -> tuple[Iterator, int]:
+  """(iterator of global (features, labels) batches forever, steps per epoch) from features
+  extracted once per process, reshuffled each epoch."""
+  train_batches, _ = input_pipeline.create_eval_iterators(config)
+  local_x, local_y = features.local_features(feature_fn, backbone, train_batches(), mesh)
+  local_batch = config.linear.batch_size // jax.process_count()
+  steps_per_epoch = len(local_x) // local_batch
+  if not steps_per_epoch:
+    raise config_validation.ConfigError(
+        f'config.linear.batch_size={config.linear.batch_size}: larger than the '
+        f'{len(local_x) * jax.process_count()} examples of config.data.eval_train_split')
+
+  def batches():
+    rng = np.random.default_rng(config.seed)
+    while True:
+      order = rng.permutation(len(local_x))
+      for step in range(steps_per_epoch):
+        rows = order[step * local_batch:(step + 1) * local_batch]
+        yield sharding.global_batch_from_local((local_x[rows], local_y[rows]), mesh)
+
+  return batches(), steps_per_epoch
+
+
+def augmented_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbone,
+                              mesh: Mesh) -> tuple[Iterator, int]:
+  """(iterator of features of freshly augmented views, steps per epoch): the official recipe."""
+  steps_per_epoch = input_pipeline.num_linear_train_examples(config) // config.linear.batch_size
+  images = input_pipeline.prefetch_to_mesh(input_pipeline.create_linear_train_iterator(config),
+                                           mesh)
+  return (feature_fn(backbone, batch) for batch in images), steps_per_epoch
+
+
+def restore_backbone(config: ml_collections.ConfigDict, mesh: Mesh):
+  """The pretrained backbone's variables, replicated on `mesh`, after checking that the
+  checkpoint's model is the one this config describes."""
+  variables, _ = checkpointing.restore_backbone_variables(config.pretrained_workdir, config)
+  return jax.device_put(features.backbone_variables(**variables), sharding.replicated(mesh))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains the linear classifier on the frozen backbone; returns top-1/top-5 in percent."""
+  config_validation.validate_workdir(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  config_validation.validate_linear_config(config, device_count=jax.device_count(),
+                                           process_count=jax.process_count())
+  mode = 'cached features' if config.linear.cached_features else 'augmented views'
+  writer = reporting.create_summary_writer(workdir)
+  mesh = sharding.create_mesh()
+  backbone = restore_backbone(config, mesh)
+  feature_fn = features.make_feature_fn(config, mesh)
+  make_batches = cached_feature_batches if config.linear.cached_features else (
+      augmented_feature_batches)
+  train_batches, steps_per_epoch = make_batches(config, feature_fn, backbone, mesh)
+  total_steps = int(config.linear.num_epochs * steps_per_epoch)
+
+  classifier = LinearClassifier(input_pipeline.num_classes(config))
+  feature_dim = features.create_backbone(config).feature_dim
+  params = classifier.init(jax.random.key(config.seed), jnp.zeros((1, feature_dim)))['params']
+  state = jax.device_put(
+      train_state.TrainState.create(apply_fn=classifier.apply, params=params,
+                                    tx=create_optimizer(config.linear, steps_per_epoch)),
+      sharding.replicated(mesh))
+  step_fn = jax.jit(classifier_step, donate_argnums=0)
+
+  logging.info('Linear evaluation (%s) of %s: %d steps (%d per epoch), batch %d.', mode,
+               config.pretrained_workdir, total_steps, steps_per_epoch, config.linear.batch_size)
+  started = time.perf_counter()
+  for step in range(1, total_steps + 1):
+    batch_features, labels = next(train_batches)
+    state, loss = step_fn(state, batch_features, labels)
+    if step % config.linear.log_every_steps == 0 or step == total_steps:
+      loss = float(loss)
+      if not math.isfinite(loss):
+        raise checkpointing.NonFiniteLossError(f'linear evaluation: loss is {loss} at step {step}')
+      rate = step / (time.perf_counter() - started)
+      logging.info('linear eval (%s) step %d/%d loss %.4f | %.2f steps/s, ETA %.0fs', mode,
+                   step, total_steps, loss, rate, (total_steps - step) / rate)
+      writer.write_scalars(step, {'linear/train_loss': loss})
+
+  _, eval_batches = input_pipeline.create_eval_iterators(config)
+  result = evaluate(state, feature_fn, backbone, eval_batches(), mesh)
+  logging.info('Linear evaluation (%s): top-1 %.2f%%, top-5 %.2f%% on %s.', mode,
+               result['top1'], result['top5'], config.data.eval_split)
+  writer.write_scalars(total_steps, {'linear/top1': result['top1'], 'linear/top5': result['top5']})
+  writer.flush()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'linear_eval.json'), 'w') as f:
+      json.dump({'mode': mode, 'pretrained_workdir': config.pretrained_workdir,
+                 'eval_split': config.data.eval_split, **result}, f, indent=2)
+  return {'mode': mode, **result}

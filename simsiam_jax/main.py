@@ -1,0 +1,63 @@
+"""Entry point: `python -m simsiam_jax.main --config=configs/default.py --workdir=DIR`.
+
+Parses flags and hands over to the `train_and_evaluate` of the config's mode: pretraining
+(`train`), linear evaluation (`linear_eval`) or kNN of a checkpoint (`knn_monitor`).
+Mistakes in the config, the flags, the data or the checkpoints end as one `error:` line on
+stderr and exit status 2; a diverged run (NaN/inf loss) ends the same way with status 1.
+"""
+
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from simsiam_jax import checkpointing, config_validation, input_pipeline, knn_monitor
+from simsiam_jax import linear_eval, reporting, train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for summaries and checkpoints.')
+flags.DEFINE_bool('distributed', os.environ.get('SIMSIAM_DISTRIBUTED') == '1',
+                  'Call jax.distributed.initialize() first (multi-host runs). '
+                  'Also on when the environment sets SIMSIAM_DISTRIBUTED=1.')
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
+                                lock_config=True)
+
+
+def initialize_distributed():
+  """Joins the multi-host job. TPU pods and SLURM are detected by JAX itself; elsewhere the
+  launcher sets JAX_COORDINATOR_ADDRESS (read by JAX), JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+  kwargs = {name: int(os.environ[var]) for name, var in
+            (('num_processes', 'JAX_NUM_PROCESSES'), ('process_id', 'JAX_PROCESS_ID'))
+            if var in os.environ}
+  jax.distributed.initialize(**kwargs)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.config is None:
+    raise app.UsageError('--config is required, e.g. --config=configs/default.py')
+  reporting.quiet_library_logs()
+  if FLAGS.distributed:
+    initialize_distributed()
+  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  try:
+    config_validation.validate_mode(FLAGS.config)
+    run = {'pretrain': train.train_and_evaluate,
+           'linear_eval': linear_eval.train_and_evaluate,
+           'knn': knn_monitor.evaluate_checkpoint}[FLAGS.config.mode]
+    run(FLAGS.config, FLAGS.workdir)
+  except (config_validation.ConfigError, input_pipeline.DataError,
+          checkpointing.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except checkpointing.NonFiniteLossError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

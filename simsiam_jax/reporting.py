@@ -1,0 +1,86 @@
+"""Progress lines, TensorBoard summaries, and the collapse and non-finite monitors."""
+
+import logging as std_logging
+import math
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from simsiam_jax import checkpointing
+
+
+def create_summary_writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard summaries in `workdir` from process 0; the other processes write nothing.
+
+  Progress goes to the log through `ProgressReporter`, so the writer does not log too.
+  """
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+
+
+class _DropInfoFromLibraries(std_logging.Filter):
+  """Orbax logs several INFO lines per checkpoint; keep only its warnings and errors."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def quiet_library_logs():
+  logging.get_absl_handler().addFilter(_DropInfoFromLibraries())
+
+
+def format_duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m{seconds:02d}s' if hours else f'{minutes}m{seconds:02d}s'
+
+
+class ProgressReporter:
+  """Averages the metrics of a window of steps; logs a progress line and writes summaries.
+
+  Also the collapse monitor (a warning when z-std stays under a fraction of 1/sqrt(d) for a
+  whole window) and the non-finite guard (an error naming the first bad step).
+  """
+
+  def __init__(self, writer: metric_writers.MetricWriter, *, total_steps: int,
+               steps_per_epoch: int, z_std_target: float, collapse_fraction: float):
+    self._writer = writer
+    self._total_steps = total_steps
+    self._steps_per_epoch = steps_per_epoch
+    self._z_std_target = z_std_target
+    self._collapse_threshold = collapse_fraction * z_std_target
+    self._window: list[tuple[int, dict[str, jax.Array]]] = []
+    self._window_started = 0.0
+
+  def add(self, step: int, metrics: dict[str, jax.Array]):
+    if not self._window:
+      self._window_started = time.perf_counter()
+    self._window.append((step, metrics))
+
+  def report(self) -> dict[str, float]:
+    """Blocks on the window's metrics (the device is then idle until the next step)."""
+    window = jax.device_get(self._window)
+    for step, metrics in window:
+      checkpointing.check_finite(step, metrics)
+    step = window[-1][0]
+    summary = {name: float(np.mean([m[name] for _, m in window])) for name in window[0][1]}
+    # The first step of a window was dispatched before the clock started.
+    steps_per_sec = (len(window) - 1) / max(time.perf_counter() - self._window_started, 1e-9)
+    self._window = []
+    eta = (self._total_steps - step) / steps_per_sec if steps_per_sec else float('nan')
+    logging.info(
+        'step %d/%d (epoch %.2f) loss %.4f z-std %.4f (1/sqrt(d)=%.4f) lr %.4g | '
+        '%.2f steps/s, ETA %s', step, self._total_steps, step / self._steps_per_epoch,
+        summary['loss'], summary['z_std'], self._z_std_target, summary['learning_rate'],
+        steps_per_sec, format_duration(eta) if math.isfinite(eta) else '?')
+    if max(m['z_std'] for _, m in window) < self._collapse_threshold:
+      logging.warning('Representation collapsing: z-std %.4f stayed below %.4f (%.0f%% of '
+                      '1/sqrt(d)) for steps %d-%d.', summary['z_std'], self._collapse_threshold,
+                      100 * self._collapse_threshold / self._z_std_target, window[0][0], step)
+    self._writer.write_scalars(step, {**summary, 'steps_per_sec': steps_per_sec,
+                                      'z_std_target': self._z_std_target})
+    return summary

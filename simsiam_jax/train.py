@@ -1,0 +1,129 @@
+"""SimSiam pretraining: one sharded train step and the loop around it."""
+
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import optax
+from absl import logging
+from flax import traverse_util
+from jax.sharding import Mesh
+
+from simsiam_jax import checkpointing, config_validation, features, input_pipeline, knn_monitor
+from simsiam_jax import losses, optimizer, preprocess, reporting, sharding
+from simsiam_jax.models import create_model
+from simsiam_jax.train_state import TrainState, compute_dtype, create_train_state
+
+
+def train_step(state: TrainState, batch, *, config: ml_collections.ConfigDict,
+               lr_schedule: optax.Schedule):
+  """One SGD step on a global batch of two uint8 views; returns the new state and metrics."""
+  normalize = functools.partial(preprocess.normalize_images, mean=config.data.mean,
+                                std=config.data.std, dtype=compute_dtype(config))
+  view1, view2 = normalize(batch['view1']), normalize(batch['view2'])
+
+  def loss_fn(params):
+    outputs, mutated = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
+                                      view1, view2, train=True, mutable=['batch_stats'])
+    loss = losses.symmetric_loss(outputs['p1'], outputs['p2'], outputs['z1'], outputs['z2'],
+                                 stop_gradient=config.stop_gradient)
+    return loss, (outputs, mutated['batch_stats'])
+
+  (loss, (outputs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = {
+      'loss': loss,
+      'learning_rate': lr_schedule(state.step),
+      'z_std': 0.5 * (losses.normalized_std(outputs['z1']) + losses.normalized_std(outputs['z2'])),
+      'p_std': 0.5 * (losses.normalized_std(outputs['p1']) + losses.normalized_std(outputs['p2'])),
+  }
+  return new_state, metrics
+
+
+def make_train_step(config: ml_collections.ConfigDict, lr_schedule: optax.Schedule,
+                    mesh: Mesh) -> Callable:
+  """The train step jit-compiled for `mesh`: batch sharded over `data`, state replicated."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(
+      functools.partial(train_step, config=config, lr_schedule=lr_schedule),
+      in_shardings=(replicated, sharding.batch_sharding(mesh)),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0)
+
+
+def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config flattened to TensorBoard's scalar-or-string hyperparameters."""
+  flat = traverse_util.flatten_dict(config.to_dict(), sep='.')
+  return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
+
+
+def _knn_due(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int,
+             total_steps: int) -> bool:
+  every = config.knn.every_epochs * steps_per_epoch
+  return step == total_steps or (every > 0 and step % every == 0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Pretrains SimSiam as `config` says in `workdir`, resuming from its latest checkpoint.
+
+  Returns the metrics of the last reporting window and the last kNN top-1.
+  """
+  config_validation.validate_workdir(workdir)
+  config_validation.validate_config(config, device_count=jax.device_count(),
+                                    process_count=jax.process_count())
+  mesh = sharding.create_mesh()
+  num_examples = input_pipeline.num_pretrain_examples(config)
+  steps_per_epoch = num_examples // config.batch_size
+  if steps_per_epoch == 0:
+    raise config_validation.ConfigError(
+        f'config.batch_size={config.batch_size}: larger than the {num_examples} '
+        'pretraining examples')
+  total_steps = optimizer.num_train_steps(config, steps_per_epoch)
+  lr_schedule = optimizer.cosine_schedule(config, steps_per_epoch)
+  model = create_model(config.model, dtype=compute_dtype(config))
+  tx = optimizer.create_optimizer(config, steps_per_epoch)
+  p_train_step = make_train_step(config, lr_schedule, mesh)
+  preemption = checkpointing.install_sigterm_handler()
+
+  with checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
+                                  save_every_steps=config.checkpoint_every_steps) as ckpt:
+    state = create_train_state(jax.random.key(config.seed), config, model, tx, mesh)
+    start_step = 0
+    restored = ckpt.restore(state)
+    if restored is not None:
+      state, start_step = restored
+      logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
+    writer = reporting.create_summary_writer(workdir)
+    if start_step == 0:
+      writer.write_hparams(_hparams(config))
+    logging.info('Pretraining %s for steps %d-%d (%d per epoch) on %d devices, global batch '
+                 '%d.', config.model.name, start_step + 1, total_steps, steps_per_epoch,
+                 jax.device_count(), config.batch_size)
+    reporter = reporting.ProgressReporter(writer, total_steps=total_steps,
+                                steps_per_epoch=steps_per_epoch,
+                                z_std_target=1 / math.sqrt(config.model.projector_dim),
+                                collapse_fraction=config.collapse_warning_fraction)
+    batches = input_pipeline.prefetch_to_mesh(
+        input_pipeline.create_pretrain_iterator(config, start_step=start_step), mesh)
+    summary = {}
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = p_train_step(state, next(batches))
+      reporter.add(step, metrics)
+      if step % config.log_every_steps == 0 or step == total_steps:
+        summary.update(reporter.report())
+      stop = preemption.requested or ckpt.reached_preemption(step)
+      if stop or step == total_steps or ckpt.should_save(step):
+        # Never replace the last good checkpoint by one of a diverged run.
+        checkpointing.check_finite(step, metrics)
+        ckpt.save(step, state, config, force=True)
+      if stop:
+        logging.warning('Preempted: saved step %d; rerun the same command to resume.', step)
+        break
+      if _knn_due(config, step, steps_per_epoch, total_steps):
+        summary['knn_top1'] = knn_monitor.knn_top1(
+            config, features.backbone_variables(state.params, state.batch_stats), mesh)
+        writer.write_scalars(step, {'knn_top1': summary['knn_top1']})
+    writer.flush()
+  return summary

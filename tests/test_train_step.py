@@ -1,0 +1,83 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from simsiam_jax import optimizer, sharding, train, train_state
+from simsiam_jax.models import create_model
+
+STEPS_PER_EPOCH = 4
+
+
+def _batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = (config.batch_size, config.data.image_size, config.data.image_size, 3)
+  return {'view1': rng.integers(0, 256, shape, dtype=np.uint8),
+          'view2': rng.integers(0, 256, shape, dtype=np.uint8)}
+
+
+def _train(config, devices, num_steps=2):
+  """Runs `num_steps` sharded train steps on `devices`; returns the state and metrics."""
+  mesh = sharding.create_mesh(devices)
+  tx = optimizer.create_optimizer(config, STEPS_PER_EPOCH)
+  model = create_model(config.model, dtype=train_state.compute_dtype(config))
+  state = train_state.create_train_state(jax.random.key(0), config, model, tx, mesh)
+  step_fn = train.make_train_step(config, optimizer.cosine_schedule(config, STEPS_PER_EPOCH),
+                                  mesh)
+  history = []
+  for i in range(num_steps):
+    batch = jax.device_put(_batch(config, seed=i), sharding.batch_sharding(mesh))
+    state, metrics = step_fn(state, batch)
+    history.append(jax.device_get(metrics))
+  return state, history
+
+
+def test_eight_devices_match_one_device_on_the_same_global_batch(tiny_config):
+  """BatchNorm statistics are global (SyncBN): sharding must not change the math."""
+  assert jax.device_count() == 8, 'tests/conftest.py should provide 8 fake CPU devices'
+  state8, history8 = _train(tiny_config, jax.devices())
+  state1, history1 = _train(tiny_config, jax.devices()[:1])
+  assert len(state8.params['backbone']['stem_conv']['kernel'].sharding.device_set) == 8
+  for m8, m1 in zip(history8, history1):
+    for name in m1:
+      np.testing.assert_allclose(m8[name], m1[name], rtol=1e-4, atol=1e-6, err_msg=name)
+  for tree8, tree1 in ((state8.params, state1.params), (state8.batch_stats, state1.batch_stats)):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 jax.device_get(tree8), jax.device_get(tree1))
+  assert int(state8.step) == 2
+
+
+def test_step_updates_params_batch_stats_and_reports_metrics(tiny_config):
+  mesh = sharding.create_mesh()
+  tx = optimizer.create_optimizer(tiny_config, STEPS_PER_EPOCH)
+  model = create_model(tiny_config.model)
+  state = train_state.create_train_state(jax.random.key(0), tiny_config, model, tx, mesh)
+  before = jax.device_get((state.params, state.batch_stats))
+  step_fn = train.make_train_step(
+      tiny_config, optimizer.cosine_schedule(tiny_config, STEPS_PER_EPOCH), mesh)
+  new_state, metrics = step_fn(state, jax.device_put(_batch(tiny_config),
+                                                     sharding.batch_sharding(mesh)))
+  after = jax.device_get((new_state.params, new_state.batch_stats))
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, after)
+  # Only the first BN bias of each residual branch may stay put on step 1: the zero-initial
+  # scale of the branch's last BN blocks its gradient, and decay of a zero bias is zero.
+  assert sum(jax.tree.leaves(changed)) >= len(jax.tree.leaves(changed)) - 8
+  params_changed, stats_changed = changed
+  assert params_changed['backbone']['stem_conv']['kernel']
+  assert params_changed['predictor']['Dense_1']['bias']
+  assert all(jax.tree.leaves(stats_changed))
+  assert -1 <= float(metrics['loss']) <= 1
+  np.testing.assert_allclose(metrics['learning_rate'],
+                             optimizer.initial_learning_rate(tiny_config))
+  assert 0 < float(metrics['z_std']) <= 1 and 0 < float(metrics['p_std']) <= 1
+  # The state is donated: every one of its buffers is aliased to an output of the step.
+  lowered = step_fn.lower(new_state, jax.device_put(_batch(tiny_config),
+                                                    sharding.batch_sharding(mesh)))
+  num_state_leaves = len(jax.tree.leaves(new_state))
+  assert lowered.as_text().count('tf.aliasing_output') == num_state_leaves
+
+
+def test_half_precision_keeps_float32_parameters(tiny_config):
+  tiny_config.half_precision = True
+  state, history = _train(tiny_config, jax.devices(), num_steps=1)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  assert np.isfinite(history[0]['loss'])
