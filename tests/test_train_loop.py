@@ -1,0 +1,126 @@
+"""The pretraining loop through the command line: resume after SIGKILL, SIGTERM, NaN guard."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+from tensorflow.core.util import event_pb2
+
+from test_main import REPO_ROOT, run_main
+
+# 64 generated images, batch 16: 4 steps per epoch.
+TINY_RUN = ['--config=configs/default.py', '--config.model.width=4',
+            '--config.model.projector_hidden_dim=32', '--config.model.projector_dim=32',
+            '--config.model.predictor_hidden_dim=8', '--config.data.image_size=16',
+            '--config.data.synthetic_train_examples=64',
+            '--config.data.synthetic_eval_examples=32', '--config.batch_size=16',
+            '--config.log_every_steps=1']
+
+
+def read_scalars(workdir, tag):
+  """{step: value} of a scalar summary; later event files (a resumed run) win."""
+  values = {}
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    for record in tf.data.TFRecordDataset(path):
+      event = event_pb2.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.tag == tag:
+          values[event.step] = float(tf.make_ndarray(value.tensor))
+  return values
+
+
+def checkpoint_steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+
+
+def start_main(*args):
+  return subprocess.Popen([sys.executable, '-m', 'simsiam_jax.main', *args], cwd=REPO_ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(workdir, process, timeout=300):
+  deadline = time.time() + timeout
+  while time.time() < deadline and process.poll() is None:
+    if os.path.isdir(os.path.join(workdir, 'checkpoints')) and checkpoint_steps(workdir):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f'no checkpoint appeared; output:\n{process.communicate()[0][-3000:]}')
+
+
+def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_path):
+  args = [*TINY_RUN, '--config.num_epochs=20', '--config.checkpoint_every_steps=10']
+  reference = tmp_path / 'uninterrupted'
+  result = run_main(*args, f'--workdir={reference}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  reference_losses = read_scalars(reference, 'loss')
+  assert sorted(reference_losses) == list(range(1, 81))
+
+  interrupted = tmp_path / 'interrupted'
+  process = start_main(*args, f'--workdir={interrupted}')
+  wait_for_checkpoint(interrupted, process)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  steps_at_kill = checkpoint_steps(interrupted)
+  assert steps_at_kill and steps_at_kill[-1] < 80, 'the run finished before it was killed'
+
+  result = run_main(*args, f'--workdir={interrupted}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  resumed_from = steps_at_kill[-1]
+  assert f'Resumed from the checkpoint of step {resumed_from}' in result.stderr
+  resumed_losses = read_scalars(interrupted, 'loss')
+  assert max(resumed_losses) == 80
+  for step in range(resumed_from + 1, 81):
+    assert resumed_losses[step] == pytest.approx(reference_losses[step], rel=1e-5, abs=1e-6), step
+  assert checkpoint_steps(interrupted)[-1] == 80
+
+
+def test_sigterm_saves_the_current_step_and_a_rerun_resumes_from_it(tmp_path):
+  args = [*TINY_RUN, '--config.num_epochs=500', '--config.checkpoint_every_steps=100000',
+          f'--workdir={tmp_path}']
+  process = start_main(*args)
+  deadline = time.time() + 300
+  while not read_scalars(tmp_path, 'loss') and time.time() < deadline:
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=120)
+  assert process.returncode == 0, output[-3000:]
+  assert 'Preempted: saved step' in output
+  (saved_step,) = checkpoint_steps(tmp_path)
+  assert 0 < saved_step < 2000
+
+  result = run_main(*args[:-2], '--config.num_epochs=1', '--config.checkpoint_every_steps=1',
+                    f'--workdir={tmp_path}')
+  # The schedule is now shorter than the saved step: nothing left to train, nothing lost.
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed from the checkpoint of step {saved_step}' in result.stderr
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  result = run_main(*TINY_RUN, '--config.num_epochs=5', '--config.checkpoint_every_steps=2',
+                    '--config.base_lr=1e30', f'--workdir={tmp_path}')
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  (error,) = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  bad_step = int(error.split('at step ')[1].split(':')[0])
+  assert all(step < bad_step for step in checkpoint_steps(tmp_path))
+
+
+def test_a_second_run_on_a_live_workdir_is_refused(tmp_path):
+  args = [*TINY_RUN, '--config.num_epochs=500', f'--workdir={tmp_path}']
+  first = start_main(*args)
+  try:
+    deadline = time.time() + 300
+    while not os.path.exists(tmp_path / '.simsiam.lock') and time.time() < deadline:
+      time.sleep(0.1)
+    second = run_main(*args)
+    assert second.returncode == 2
+    error_lines = [l for l in second.stderr.splitlines() if l.startswith('error:')]
+    assert len(error_lines) == 1 and str(tmp_path) in error_lines[0], second.stderr[-2000:]
+  finally:
+    first.kill()
+    first.wait()
