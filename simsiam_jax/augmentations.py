@@ -132,19 +132,28 @@ def adjust_hue(image, delta):
   return tf.image.adjust_hue(image, delta)
 
 
-def color_jitter(image, seed, brightness: float, contrast: float, saturation: float,
-                 hue: float):
-  """torchvision's ColorJitter: the four adjustments in a random order."""
+JITTER_ADJUSTMENTS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def color_jitter_params(seed, brightness: float, contrast: float, saturation: float,
+                        hue: float):
+  """torchvision's ColorJitter.get_params: the factors of JITTER_ADJUSTMENTS and the
+  random order to apply them in."""
   factor_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   low = tf.constant([max(0.0, 1.0 - brightness), 1.0 - contrast, 1.0 - saturation, -hue])
   high = tf.constant([1.0 + brightness, 1.0 + contrast, 1.0 + saturation, hue])
   factors = low + (high - low) * uniform(factor_seed, [4])
-  order = tf.argsort(uniform(order_seed, [4]))
-  adjustments = [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue]
-  for position in range(4):
+  return factors, tf.argsort(uniform(order_seed, [4]))
+
+
+def color_jitter(image, seed, brightness: float, contrast: float, saturation: float,
+                 hue: float):
+  """torchvision's ColorJitter: the four adjustments in a random order."""
+  factors, order = color_jitter_params(seed, brightness, contrast, saturation, hue)
+  for position in range(len(JITTER_ADJUSTMENTS)):
     op = order[position]
     image = tf.switch_case(
-        op, [lambda fn=fn: fn(image, factors[op]) for fn in adjustments])
+        op, [lambda fn=fn: fn(image, factors[op]) for fn in JITTER_ADJUSTMENTS])
   return image
 
 
