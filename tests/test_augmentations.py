@@ -10,10 +10,10 @@ from simsiam_jax import augmentations
 DRAWS = 2000
 
 
-def colorful_image(size=32, seed=0):
+def colorful_image(size=32, seed=0, detail=4):
   """Smooth random colors: every channel differs and the image is not symmetric."""
   rng = np.random.default_rng(seed)
-  low = rng.uniform(0, 1, (4, 4, 3)).astype(np.float32)
+  low = rng.uniform(0, 1, (detail, detail, 3)).astype(np.float32)
   return tf.image.resize(low, [size, size]).numpy()
 
 
@@ -150,7 +150,7 @@ def encode(image_uint8, fmt):
 
 
 def test_jpeg_union_decode_matches_full_decode():
-  image = tf.cast(colorful_image(64) * 255, tf.uint8)
+  image = tf.cast(colorful_image(64, detail=32) * 255, tf.uint8)
   jpeg = encode(image, 'jpeg')
   windows = tf.constant([[4, 8, 20, 30], [30, 2, 30, 16]])
   pixels, relative = augmentations.decode_windows(jpeg, lambda shape: windows)
