@@ -1,0 +1,178 @@
+"""Two-view images/s per CPU core: our tf.data pipeline vs the official PyTorch one.
+
+Both read the same 224px JPEG folder (CIFAR-10 images upsized, written to a temporary
+directory at run time) and apply the same recipe (MoCo v2 with blur, image size 224):
+ours is simsiam_jax.input_pipeline with `host_threads` = cores; the official one is
+torchvision transforms on PIL images in a DataLoader with `num_workers` = cores, as in
+facebookresearch/simsiam main_simsiam.py. The torch side runs in a subprocess with
+another interpreter, since torch lives in its own virtualenv.
+
+  /work/venv/bin/python benchmarks/input_pipeline.py \
+      --torch_python=/work/venv-torch/bin/python
+
+Note the official pipeline also normalizes to float32 on the host (ToTensor, Normalize);
+ours ships uint8 and normalizes on the device, which is part of the design being measured.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+IMAGE_SIZE = 224
+
+
+def make_jpeg_folder(source: str, root: str, images_per_class: int):
+  """root/train/<class>/*.jpg: the first images of each class of `source`, upsized."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for name in sorted(os.listdir(source)):
+    os.makedirs(os.path.join(root, 'train', name))
+    for file in sorted(os.listdir(os.path.join(source, name)))[:images_per_class]:
+      with Image.open(os.path.join(source, name, file)) as image:
+        image = image.convert('RGB').resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
+      image.save(os.path.join(root, 'train', name, file), quality=90)
+
+
+def cpu_seconds(pids=()) -> float:
+  """CPU time (user + system) of this process and of the processes `pids`."""
+  ticks = os.sysconf('SC_CLK_TCK')
+  total = sum(os.times()[:2])
+  for pid in pids:
+    with open(f'/proc/{pid}/stat') as f:
+      fields = f.read().rsplit(')', 1)[1].split()
+    total += (int(fields[11]) + int(fields[12])) / ticks
+  return total
+
+
+def measure(batches, batch_size: int, warmup: int, steps: int, pids=lambda: ()):
+  """Images/s (wall clock) and images per CPU second over `steps` batches after warmup.
+
+  The second does not depend on other jobs sharing the machine.
+  """
+  for _ in range(warmup):
+    next(batches)
+  start, start_cpu = time.perf_counter(), cpu_seconds(pids())
+  for _ in range(steps):
+    next(batches)
+  images = steps * batch_size
+  return {'wall': images / (time.perf_counter() - start),
+          'cpu': images / (cpu_seconds(pids()) - start_cpu)}
+
+
+def tf_images_per_s(args):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import base  # pylint: disable=g-import-not-at-top
+  from simsiam_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = base.get_base_config()
+  config.data.source = 'folder'
+  config.data.root = args.root
+  config.data.image_size = IMAGE_SIZE
+  config.data.host_threads = args.cores
+  config.batch_size = args.batch_size
+  batches = input_pipeline.create_pretrain_iterator(config, process_index=0,
+                                                    process_count=1)
+  return measure(batches, args.batch_size, args.warmup, args.steps)
+
+
+def torch_images_per_s(args):
+  """The official SimSiam pipeline (main_simsiam.py and simsiam/loader.py)."""
+  # pylint: disable=g-import-not-at-top
+  import random
+  import torch
+  from PIL import ImageFilter
+  from torchvision import datasets, transforms
+
+  class GaussianBlur:
+    def __init__(self, sigma):
+      self.sigma = sigma
+
+    def __call__(self, x):
+      return x.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+  class TwoCropsTransform:
+    def __init__(self, transform):
+      self.transform = transform
+
+    def __call__(self, x):
+      return [self.transform(x), self.transform(x)]
+
+  augmentation = transforms.Compose([
+      transforms.RandomResizedCrop(IMAGE_SIZE, scale=(0.2, 1.0)),
+      transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+      transforms.RandomGrayscale(p=0.2),
+      transforms.RandomApply([GaussianBlur([0.1, 2.0])], p=0.5),
+      transforms.RandomHorizontalFlip(),
+      transforms.ToTensor(),
+      transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+  ])
+  dataset = datasets.ImageFolder(os.path.join(args.root, 'train'),
+                                 TwoCropsTransform(augmentation))
+  loader = torch.utils.data.DataLoader(
+      dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.cores,
+      drop_last=True, persistent_workers=True)
+
+  def forever():
+    while True:
+      yield from loader
+
+  batches = forever()
+  next(batches)  # Starts the workers.
+  # pylint: disable-next=protected-access
+  worker_pids = lambda: [w.pid for w in loader._iterator._workers]
+  return measure(batches, args.batch_size, args.warmup, args.steps, worker_pids)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--torch_python', default='/work/venv-torch/bin/python',
+                      help='interpreter with torch and torchvision')
+  parser.add_argument('--source', default=os.path.join(
+      os.path.dirname(__file__), '..', '..', 'shared', 'data', 'cifar10', 'train'),
+                      help='folder of <class>/*.jpg to upsize')
+  parser.add_argument('--images_per_class', type=int, default=200)
+  parser.add_argument('--cores', type=int, default=os.cpu_count())
+  parser.add_argument('--batch_size', type=int, default=64)
+  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--side', choices=['both', 'tf', 'torch'], default='both')
+  parser.add_argument('--root', help='the 224px folder (made here when --side=both)')
+  args = parser.parse_args()
+
+  if args.side != 'both':
+    fn = tf_images_per_s if args.side == 'tf' else torch_images_per_s
+    print(json.dumps(fn(args)))
+    return
+
+  def run_side(side):
+    command = [sys.executable if side == 'tf' else args.torch_python, __file__,
+               f'--side={side}', f'--root={args.root}', f'--cores={args.cores}',
+               f'--batch_size={args.batch_size}', f'--warmup={args.warmup}',
+               f'--steps={args.steps}']
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+  with tempfile.TemporaryDirectory() as args.root:
+    make_jpeg_folder(args.source, args.root, args.images_per_class)
+    # Each side in a fresh process, so neither inherits the other's threads or caches;
+    # alternated, so that a burst of load from other jobs does not hit one side only.
+    runs = {'tf': [], 'torch': []}
+    for _ in range(args.repeats):
+      for side in runs:
+        runs[side].append(run_side(side))
+  best = {side: {k: max(r[k] for r in rs) for k in ('wall', 'cpu')}
+          for side, rs in runs.items()}
+  print(f'{args.cores} cores, {args.batch_size}-image batches, {IMAGE_SIZE}px JPEGs, '
+        f'two views per image, best of {args.repeats}')
+  print('                        images/s/core (wall / cores)   images per CPU second')
+  for side, name in (('tf', 'tf.data (ours)'), ('torch', 'torchvision (official)')):
+    print(f'{name:24s}{best[side]["wall"] / args.cores:12.1f}{best[side]["cpu"]:30.1f}')
+  print(f'{"ratio":24s}{best["tf"]["wall"] / best["torch"]["wall"]:11.2f}x'
+        f'{best["tf"]["cpu"] / best["torch"]["cpu"]:29.2f}x')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,288 @@
+"""Determinism, sharding, restart, evaluation batches and sources of the input pipeline."""
+
+import itertools
+import logging
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import base
+from simsiam_jax import datasets
+from simsiam_jax import input_pipeline
+from simsiam_jax import sharding
+
+CIFAR10 = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'cifar10')
+
+
+@pytest.fixture
+def config():
+  config = base.get_base_config()
+  config.data.image_size = 32
+  config.data.synthetic_train_examples = 96
+  config.data.synthetic_eval_examples = 40
+  config.data.eval_crop_fraction = 1.0
+  config.aug.blur_prob = 0.5
+  config.batch_size = 16  # 6 steps per epoch.
+  return config
+
+
+def identity_augmentation(config):
+  """No-op augmentations, so that each view is its source image and identifies it."""
+  config.aug.crop_scale = (1.0, 1.0)
+  config.aug.crop_ratio = (1.0, 1.0)
+  config.aug.color_jitter_prob = config.aug.grayscale_prob = 0.0
+  config.aug.blur_prob = config.aug.flip_prob = 0.0
+  return config
+
+
+def take(iterator, n):
+  return list(itertools.islice(iterator, n))
+
+
+def pretrain_batches(config, n, **kwargs):
+  return take(input_pipeline.create_pretrain_iterator(config, **kwargs), n)
+
+
+def assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    for key in ('view1', 'view2'):
+      np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_pretrain_batches_are_uint8_views(config):
+  batch, = pretrain_batches(config, 1)
+  assert set(batch) == {'view1', 'view2'}
+  for view in batch.values():
+    assert view.dtype == np.uint8 and view.shape == (16, 32, 32, 3)
+  assert not np.array_equal(batch['view1'], batch['view2'])
+  assert input_pipeline.num_pretrain_examples(config) == 96
+
+
+def test_same_seed_same_batches_other_seed_different(config):
+  first = pretrain_batches(config, 3)
+  assert_same_batches(first, pretrain_batches(config, 3))
+  config.seed = 1
+  other = pretrain_batches(config, 3)
+  assert not np.array_equal(first[0]['view1'], other[0]['view1'])
+
+
+def test_start_step_resumes_exactly(config):
+  # 6 steps per epoch: steps 4..8 cross into the second epoch.
+  uninterrupted = pretrain_batches(config, 9)
+  assert_same_batches(uninterrupted[4:], pretrain_batches(config, 5, start_step=4))
+  assert_same_batches(uninterrupted[7:], pretrain_batches(config, 2, start_step=7))
+
+
+def image_keys(images):
+  return [image.tobytes() for image in images]
+
+
+def test_processes_read_disjoint_shards_covering_the_split(config):
+  config = identity_augmentation(config)
+  config.data.synthetic_train_examples = 100  # 6 full steps; 4 examples left over.
+  steps = input_pipeline.num_pretrain_examples(config) // config.batch_size
+  seen = {}
+  for process in (0, 1):
+    batches = pretrain_batches(config, steps, process_index=process, process_count=2)
+    assert all(b['view1'].shape[0] == 8 for b in batches)
+    seen[process] = image_keys(np.concatenate([b['view1'] for b in batches]))
+  assert not set(seen[0]) & set(seen[1])
+  images, _ = datasets.render_shapes(100, 32, config.seed, 0)
+  everything = set(image_keys(images))
+  covered = set(seen[0]) | set(seen[1])
+  assert covered <= everything and len(covered) == 96 == len(seen[0]) + len(seen[1])
+
+
+def test_epochs_are_reshuffled(config):
+  config = identity_augmentation(config)
+  batches = pretrain_batches(config, 12)
+  epochs = [image_keys(np.concatenate([b['view1'] for b in batches[e * 6:(e + 1) * 6]]))
+            for e in (0, 1)]
+  assert sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]
+
+
+def eval_batches(config, **kwargs):
+  train_fn, eval_fn = input_pipeline.create_eval_iterators(config, **kwargs)
+  return list(train_fn()), list(eval_fn())
+
+
+def test_eval_batches_cover_split_once_with_padding(config):
+  images, labels = datasets.render_shapes(40, 32, config.seed, 1)
+  per_process = {p: eval_batches(config, process_index=p, process_count=2)[1]
+                 for p in (0, 1)}
+  # 20 examples per process in batches of 8: 3 batches, the last padded with 4.
+  assert [len(b) for b in per_process.values()] == [3, 3]
+  seen_images, seen_labels = [], []
+  for batches in per_process.values():
+    for batch in batches:
+      assert batch['image'].dtype == np.uint8 and batch['image'].shape == (8, 32, 32, 3)
+      assert batch['label'].dtype == np.int32 and batch['mask'].dtype == bool
+      seen_images += list(batch['image'][batch['mask']])
+      seen_labels += list(batch['label'][batch['mask']])
+    assert batches[-1]['mask'].sum() == 4 and not batches[-1]['mask'][-4:].any()
+  assert sorted(image_keys(seen_images)) == sorted(image_keys(images))
+  by_image = dict(zip(image_keys(images), labels))
+  assert all(by_image[k] == l for k, l in zip(image_keys(seen_images), seen_labels))
+  assert input_pipeline.num_classes(config) == 10
+
+
+def test_eval_iterators_restart_and_train_split_is_pretraining_data(config):
+  train_fn, _ = input_pipeline.create_eval_iterators(config, process_index=0,
+                                                     process_count=1)
+  first, second = list(train_fn()), list(train_fn())
+  assert len(first) == 6 and sum(b['mask'].sum() for b in first) == 96
+  np.testing.assert_array_equal(first[2]['image'], second[2]['image'])
+
+
+def test_prefetch_to_mesh_assembles_sharded_global_batches(config):
+  mesh = sharding.create_mesh()
+  config.batch_size = 2 * len(jax.devices())
+  local = pretrain_batches(config, 3, process_index=0, process_count=1)
+  arrays = list(input_pipeline.prefetch_to_mesh(iter(local), mesh, size=2))
+  assert len(arrays) == 3
+  for array, batch in zip(arrays, local):
+    assert isinstance(array['view1'], jax.Array)
+    assert array['view1'].sharding == sharding.batch_sharding(mesh)
+    np.testing.assert_array_equal(np.asarray(array['view2']), batch['view2'])
+
+
+def test_synthetic_images_are_varied_and_deterministic():
+  images, labels = datasets.render_shapes(200, 32, 0, 0)
+  assert images.dtype == np.uint8 and images.shape == (200, 32, 32, 3)
+  assert np.bincount(labels).tolist() == [20] * 10
+  assert len(set(image_keys(images))) == 200
+  assert images.std(axis=(1, 2)).min() > 10  # No flat images.
+  np.testing.assert_array_equal(images, datasets.render_shapes(200, 32, 0, 0)[0])
+  assert not np.array_equal(images, datasets.render_shapes(200, 32, 1, 0)[0])
+
+
+def test_synthetic_classes_differ_beyond_color():
+  """Class means of the gray images differ: the label is in the shapes."""
+  images, labels = datasets.render_shapes(400, 32, 0, 0)
+  gray = images.mean(-1)
+  gray = (gray - gray.mean(axis=(1, 2), keepdims=True)) / gray.std(axis=(1, 2), keepdims=True)
+  means = np.stack([gray[labels == c].mean(0) for c in range(10)])
+  distances = np.linalg.norm(means[:, None] - means[None], axis=(-1, -2))
+  assert distances[~np.eye(10, dtype=bool)].min() > 2.0
+
+
+# ---------------------------------------------------------------------------------------
+# Image folders and bad input.
+
+
+def write_folder(root, split='train', classes=('a', 'b'), per_class=4, size=24, fmt='png'):
+  rng = np.random.default_rng(0)
+  for name in classes:
+    os.makedirs(os.path.join(root, split, name), exist_ok=True)
+    for i in range(per_class):
+      image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+      encoded = tf.io.encode_png(image) if fmt == 'png' else tf.io.encode_jpeg(image)
+      tf.io.write_file(os.path.join(root, split, name, f'{i}.{fmt}'), encoded)
+
+
+def folder_config(config, root):
+  config.data.source = 'folder'
+  config.data.root = str(root)
+  config.data.eval_train_split = 'train'
+  config.data.eval_split = 'train'
+  config.batch_size = 4
+  return config
+
+
+def test_folder_source_reads_png_and_jpeg(config, tmp_path):
+  write_folder(tmp_path, classes=('a', 'b'), fmt='png')
+  write_folder(tmp_path, classes=('c',), fmt='jpg')
+  config = folder_config(config, tmp_path)
+  assert input_pipeline.num_pretrain_examples(config) == 12
+  assert input_pipeline.num_classes(config) == 3
+  batches = pretrain_batches(config, 4, process_index=0, process_count=1)
+  assert all(b['view1'].shape == (4, 32, 32, 3) for b in batches)
+  labels = np.concatenate([b['label'] for b in eval_batches(config)[0]])
+  assert sorted(labels.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_missing_root_names_the_path(config, tmp_path):
+  config = folder_config(config, tmp_path / 'nowhere')
+  with pytest.raises(input_pipeline.DataError, match=r'config\.data\.root.*nowhere'):
+    input_pipeline.num_pretrain_examples(config)
+
+
+def test_missing_split_names_the_field(config, tmp_path):
+  write_folder(tmp_path, split='train')
+  config = folder_config(config, tmp_path)
+  config.data.eval_split = 'val'
+  with pytest.raises(input_pipeline.DataError, match=r'config\.data\.eval_split.*val'):
+    input_pipeline.create_eval_iterators(config)
+
+
+def test_empty_class_folder_names_the_folder(config, tmp_path):
+  write_folder(tmp_path)
+  os.makedirs(tmp_path / 'train' / 'empty')
+  config = folder_config(config, tmp_path)
+  with pytest.raises(input_pipeline.DataError, match=r'train/empty'):
+    input_pipeline.num_pretrain_examples(config)
+
+
+def test_corrupt_and_non_image_files_are_skipped_with_a_count(config, tmp_path, caplog):
+  write_folder(tmp_path, per_class=4)
+  (tmp_path / 'train' / 'a' / 'junk.jpg').write_bytes(b'not an image at all')
+  (tmp_path / 'train' / 'b' / 'text.png').write_text('hello')
+  config = folder_config(config, tmp_path)
+  with caplog.at_level(logging.WARNING):
+    assert input_pipeline.num_pretrain_examples(config) == 8
+  assert 'Skipping 2 of 10 files' in caplog.text and 'junk.jpg' in caplog.text
+  # Two full epochs run without error.
+  assert len(pretrain_batches(config, 4, process_index=0, process_count=1)) == 4
+
+
+def test_truncated_jpeg_does_not_stop_the_epoch(config, tmp_path):
+  write_folder(tmp_path, per_class=4, size=64, fmt='jpg')
+  path = tmp_path / 'train' / 'a' / '0.jpg'
+  path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+  config = folder_config(config, tmp_path)
+  assert len(pretrain_batches(config, 4, process_index=0, process_count=1)) == 4
+
+
+def test_images_smaller_than_the_crop_are_upsampled_with_a_warning(config, tmp_path,
+                                                                    caplog):
+  write_folder(tmp_path, size=16)
+  config = folder_config(config, tmp_path)
+  with caplog.at_level(logging.WARNING):
+    batch, = pretrain_batches(config, 1, process_index=0, process_count=1)
+  assert batch['view1'].shape == (4, 32, 32, 3)
+  assert '8 images are smaller than the crop (config.data.image_size=32)' in caplog.text
+
+
+def test_unknown_tfds_name_names_the_field(config):
+  config.data.source = 'tfds'
+  config.data.tfds_name = 'no_such_dataset_xyz'
+  with pytest.raises(input_pipeline.DataError, match=r'config\.data\.tfds_name'):
+    input_pipeline.num_pretrain_examples(config)
+
+
+def test_unknown_source_names_the_field(config):
+  config.data.source = 'webdataset'
+  with pytest.raises(input_pipeline.DataError, match=r'config\.data\.source'):
+    input_pipeline.num_pretrain_examples(config)
+
+
+@pytest.mark.skipif(not os.path.isdir(CIFAR10),
+                    reason=f'no CIFAR-10 image folder at {os.path.normpath(CIFAR10)}')
+def test_folder_source_reads_real_cifar10(config):
+  config = folder_config(config, CIFAR10)
+  config.data.train_split = config.data.eval_train_split = config.data.eval_split = 'test'
+  config.batch_size = 256
+  assert input_pipeline.num_pretrain_examples(config) == 10_000
+  assert input_pipeline.num_classes(config) == 10
+  batch, = pretrain_batches(config, 1, process_index=0, process_count=1)
+  assert batch['view1'].shape == (256, 32, 32, 3)
+  # Real photos: varied, and the two views of an image differ.
+  assert batch['view1'].std() > 30
+  assert not np.array_equal(batch['view1'], batch['view2'])
+  _, test = eval_batches(config, process_index=0, process_count=1)
+  labels = np.concatenate([b['label'][b['mask']] for b in test])
+  assert np.bincount(labels).tolist() == [1000] * 10
