@@ -249,6 +249,17 @@ def two_views(image, seed, aug, image_size: int):
           augment_view(crops[1], view2_seed, aug, image_size))
 
 
+def crop_and_flip_view(image, seed, crop_scale: Sequence[float], crop_ratio: Sequence[float],
+                       image_size: int, flip_prob: float = 0.5):
+  """The linear-evaluation training view: RandomResizedCrop and horizontal flip, uint8."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  pixels, windows = decode_windows(
+      image, lambda shape: random_resized_crop_windows(shape, crop_seed, 1, crop_scale,
+                                                       crop_ratio))
+  return random_flip(to_uint8(crop_and_resize(pixels, windows, image_size)[0]), flip_seed,
+                     flip_prob)
+
+
 def center_view(image, image_size: int, crop_fraction: float):
   """The evaluation view: central crop (crop_fraction of the shorter side), resized."""
   pixels, windows = decode_windows(

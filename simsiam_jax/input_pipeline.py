@@ -35,11 +35,11 @@ def _processes(process_index, process_count):
   return process_index, process_count
 
 
-def local_batch_size(config, process_count: int) -> int:
-  if config.batch_size % process_count:
-    raise DataError(f'config.batch_size={config.batch_size} is not divisible by the '
+def local_batch_size(batch_size: int, process_count: int, field: str = 'batch_size') -> int:
+  if batch_size % process_count:
+    raise DataError(f'config.{field}={batch_size} is not divisible by the '
                     f'{process_count} processes')
-  return config.batch_size // process_count
+  return batch_size // process_count
 
 
 def _options(config) -> tf.data.Options:
@@ -66,19 +66,19 @@ def num_classes(config) -> int:
   return load_split(config, 'eval_train_split').num_classes
 
 
-def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
-                             process_count=None) -> Iterator[Batch]:
-  """This process's share of every global batch from `start_step` on, forever.
+def _augmented_stream(config, split: datasets.Split, batch_size: int, augment: Callable, *,
+                      batch_field: str, split_field: str, start_step: int, process_index,
+                      process_count) -> Iterator[Batch]:
+  """This process's share of every global batch of `split` from `start_step` on, forever.
 
-  Yields {'view1', 'view2'}: uint8 numpy arrays [batch_size // process_count, H, W, 3].
+  `augment(example, seed)` makes one example's output dict; its seed depends only on
+  (config.seed, the example's slot in the global stream), whatever the process layout.
   """
-  process_index, process_count = _processes(process_index, process_count)
-  split = load_split(config, 'train_split')
-  local_batch = local_batch_size(config, process_count)
-  steps_per_epoch = split.num_examples // config.batch_size
+  local_batch = local_batch_size(batch_size, process_count, batch_field)
+  steps_per_epoch = split.num_examples // batch_size
   if not steps_per_epoch:
-    raise DataError(f'config.batch_size={config.batch_size} is larger than the '
-                    f'{split.num_examples} examples of config.data.train_split')
+    raise DataError(f'config.{batch_field}={batch_size} is larger than the '
+                    f'{split.num_examples} examples of config.data.{split_field}')
   start_epoch, start_offset = divmod(start_step, steps_per_epoch)
 
   def epoch_keys(epoch):
@@ -86,27 +86,70 @@ def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
     return split.keys(process_index, process_count, shuffle_seed).take(
         steps_per_epoch * local_batch)
 
-  def two_views(position, key):
+  def augmented(position, key):
     step = position // local_batch
-    slot = step * config.batch_size + process_index * local_batch + position % local_batch
-    view1, view2 = augmentations.two_views(
-        split.read(key)['image'], tf.stack([tf.constant(config.seed, tf.int64), slot]),
-        config.aug, config.data.image_size)
-    return {'view1': view1, 'view2': view2}
+    slot = step * batch_size + process_index * local_batch + position % local_batch
+    return augment(split.read(key), tf.stack([tf.constant(config.seed, tf.int64), slot]))
 
   ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_keys)
   ds = ds.skip(start_offset * local_batch).enumerate(start=start_step * local_batch)
-  ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
   # Files that pass the header check but fail to decode are dropped, not fatal.
   ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   return iter(ds.with_options(_options(config)).as_numpy_iterator())
 
 
+def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
+                             process_count=None) -> Iterator[Batch]:
+  """This process's share of every global pretraining batch from `start_step` on, forever.
+
+  Yields {'view1', 'view2'}: uint8 numpy arrays [batch_size // process_count, H, W, 3].
+  """
+  process_index, process_count = _processes(process_index, process_count)
+
+  def two_views(example, seed):
+    view1, view2 = augmentations.two_views(example['image'], seed, config.aug,
+                                           config.data.image_size)
+    return {'view1': view1, 'view2': view2}
+
+  return _augmented_stream(config, load_split(config, 'train_split'), config.batch_size,
+                           two_views, batch_field='batch_size', split_field='train_split',
+                           start_step=start_step, process_index=process_index,
+                           process_count=process_count)
+
+
+def num_linear_train_examples(config) -> int:
+  """Examples the linear classifier trains on (config.data.eval_train_split)."""
+  return load_split(config, 'eval_train_split').num_examples
+
+
+def create_linear_train_iterator(config, *, start_step: int = 0, process_index=None,
+                                 process_count=None) -> Iterator[Batch]:
+  """Labeled RandomResizedCrop + flip views of config.data.eval_train_split, forever.
+
+  Yields {'image': uint8 [linear.batch_size // process_count, H, W, 3], 'label': int32,
+  'mask': bool (all True)}, the batch form of `create_eval_iterators`.
+  """
+  process_index, process_count = _processes(process_index, process_count)
+
+  def labeled_view(example, seed):
+    image = augmentations.crop_and_flip_view(example['image'], seed, config.linear.crop_scale,
+                                             config.aug.crop_ratio, config.data.image_size)
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32),
+            'mask': tf.constant(True)}
+
+  return _augmented_stream(config, load_split(config, 'eval_train_split'),
+                           config.linear.batch_size, labeled_view,
+                           batch_field='linear.batch_size', split_field='eval_train_split',
+                           start_step=start_step, process_index=process_index,
+                           process_count=process_count)
+
+
 def _eval_dataset(config, split: datasets.Split, process_index, process_count):
   """The split once, un-augmented, padded with mask=False to the same batch count on
   every process."""
-  local_batch = local_batch_size(config, process_count)
+  local_batch = local_batch_size(config.batch_size, process_count)
   num_batches = math.ceil(math.ceil(split.num_examples / process_count) / local_batch)
 
   def center_view(key):

@@ -1,0 +1,106 @@
+"""Linear evaluation and kNN of a pretrained checkpoint, end to end."""
+
+import hashlib
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import make_tiny_config
+from simsiam_jax import features, input_pipeline, linear_eval, sharding
+from test_main import run_main
+from test_train_loop import TINY_RUN
+
+
+@pytest.fixture(scope='module')
+def pretrained_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('pretrained')
+  result = run_main(*TINY_RUN, '--config.num_epochs=2', f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return str(workdir)
+
+
+def _linear_config(pretrained_workdir, cached_features):
+  config = make_tiny_config()
+  config.mode = 'linear_eval'
+  config.pretrained_workdir = pretrained_workdir
+  config.linear.cached_features = cached_features
+  config.linear.batch_size = 16
+  config.linear.num_epochs = 2
+  config.linear.log_every_steps = 2
+  return config
+
+
+def _tree_digest(directory):
+  digest = hashlib.sha256()
+  for root, _, files in sorted(os.walk(directory)):
+    for name in sorted(files):
+      with open(os.path.join(root, name), 'rb') as f:
+        digest.update(name.encode() + f.read())
+  return digest.hexdigest()
+
+
+@pytest.mark.parametrize('cached_features,mode', [(True, 'cached features'),
+                                                   (False, 'augmented views')])
+def test_linear_eval_reports_accuracy_and_leaves_the_backbone_alone(
+    pretrained_workdir, tmp_path, cached_features, mode):
+  config = _linear_config(pretrained_workdir, cached_features)
+  mesh = sharding.create_mesh()
+  backbone_before = jax.device_get(linear_eval.restore_backbone(config, mesh))
+  checkpoints_before = _tree_digest(os.path.join(pretrained_workdir, 'checkpoints'))
+
+  result = linear_eval.train_and_evaluate(config, str(tmp_path))
+
+  assert result['mode'] == mode
+  assert 0 <= result['top1'] <= result['top5'] <= 100
+  with open(tmp_path / 'linear_eval.json') as f:
+    assert json.load(f)['top1'] == result['top1']
+  backbone_after = jax.device_get(linear_eval.restore_backbone(config, mesh))
+  jax.tree.map(np.testing.assert_array_equal, backbone_before, backbone_after)
+  assert _tree_digest(os.path.join(pretrained_workdir, 'checkpoints')) == checkpoints_before
+
+
+def test_frozen_backbone_features_do_not_depend_on_the_rest_of_the_batch(pretrained_workdir):
+  """BatchNorm in inference mode: an image's features are the same in any batch."""
+  config = _linear_config(pretrained_workdir, cached_features=True)
+  mesh = sharding.create_mesh()
+  backbone = linear_eval.restore_backbone(config, mesh)
+  feature_fn = features.make_feature_fn(config, mesh)
+  batch = next(input_pipeline.create_eval_iterators(config)[1]())
+  shuffled = {k: np.concatenate([v[:8], v[8:][::-1]]) for k, v in batch.items()}
+  first = features.local_rows(feature_fn(backbone, sharding.global_batch_from_local(batch,
+                                                                                    mesh))[0])
+  second = features.local_rows(feature_fn(backbone, sharding.global_batch_from_local(shuffled,
+                                                                                     mesh))[0])
+  np.testing.assert_allclose(first[:8], second[:8], rtol=1e-5, atol=1e-6)
+
+
+def test_knn_mode_evaluates_a_checkpoint(pretrained_workdir, tmp_path):
+  result = run_main(*TINY_RUN, '--config.mode=knn',
+                    f'--config.pretrained_workdir={pretrained_workdir}',
+                    '--config.knn.k=10', f'--workdir={tmp_path}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / 'knn_eval.json') as f:
+    report = json.load(f)
+  assert 0 <= report['knn_top1'] <= 100 and report['k'] == 10
+
+
+@pytest.mark.parametrize('override,expected', [
+    ('--config.model.width=8', 'model.width: checkpoint has 4, config has 8'),
+    ('--config.pretrained_workdir={empty}', '{empty}'),
+    ('--config.pretrained_workdir=', 'config.pretrained_workdir'),
+])
+def test_bad_evaluation_input_is_one_clear_error(pretrained_workdir, tmp_path, override,
+                                                 expected):
+  empty = tmp_path / 'no_checkpoints'
+  empty.mkdir()
+  result = run_main(*TINY_RUN, '--config.mode=linear_eval',
+                    f'--config.pretrained_workdir={pretrained_workdir}',
+                    override.format(empty=empty), f'--workdir={tmp_path / "eval"}')
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  error_lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(error_lines) == 1 and expected.format(empty=empty) in error_lines[0], (
+      result.stderr[-2000:])
