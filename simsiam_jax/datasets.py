@@ -23,9 +23,6 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 _FOLDER_FORMATS = ('JPEG', 'PNG')
 _SYNTHETIC_SPLITS = {'train': 0, 'test': 1}
 SYNTHETIC_NUM_CLASSES = 10
-# Per-dataset normalization statistics (config.data.mean / std).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 class DataError(ValueError):
