@@ -110,6 +110,7 @@ def crop_and_resize(pixels, windows, size: int):
 
 def luma(image):
   """ITU-R 601-2 luma [H, W, 1], as tf.image.rgb_to_grayscale, in fewer ops."""
+  image = tf.convert_to_tensor(image)
   return image[..., :1] * 0.2989 + image[..., 1:2] * 0.587 + image[..., 2:] * 0.114
 
 

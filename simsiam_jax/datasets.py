@@ -23,9 +23,6 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 _FOLDER_FORMATS = ('JPEG', 'PNG')
 _SYNTHETIC_SPLITS = {'train': 0, 'test': 1}
 SYNTHETIC_NUM_CLASSES = 10
-# Per-dataset normalization statistics (config.data.mean / std).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 class DataError(ValueError):
@@ -224,12 +221,13 @@ def tfds_split(name: str, split: str, data_dir, shuffle_buffer: int, field: str)
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DataError(f'config.data.tfds_name: unknown TFDS dataset {name!r}') from e
-  if not builder.is_prepared():
-    raise DataError(f'config.data.data_dir: TFDS dataset {name} is not prepared in '
-                    f'{builder.data_dir} (run `tfds build {name} --data_dir=...` first)')
   try:
     num_examples = builder.info.splits[split].num_examples
   except (KeyError, ValueError) as e:
+    if not builder.is_prepared():
+      raise DataError(f'config.data.data_dir: TFDS dataset {name} is not prepared in '
+                      f'{builder.data_dir} (run `tfds build {name} --data_dir=...` '
+                      'first)') from e
     raise DataError(f'config.data.{field}: {name} has no split {split!r} '
                     f'(it has {sorted(builder.info.splits)})') from e
   features = builder.info.features

@@ -286,3 +286,67 @@ def test_folder_source_reads_real_cifar10(config):
   _, test = eval_batches(config, process_index=0, process_count=1)
   labels = np.concatenate([b['label'][b['mask']] for b in test])
   assert np.bincount(labels).tolist() == [1000] * 10
+
+
+# ---------------------------------------------------------------------------------------
+# TFDS, on a tiny dataset prepared locally (TFDS cannot download here).
+
+
+@pytest.fixture(scope='module')
+def tfds_data_dir(tmp_path_factory):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class TinyShapes(tfds.core.GeneratorBasedBuilder):
+    """30 train / 10 test generated shapes, stored as PNG like TFDS's cifar10."""
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(24, 24, 3)),
+          'label': tfds.features.ClassLabel(num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples(30, 0), 'test': self._generate_examples(10, 1)}
+
+    def _generate_examples(self, n, stream):
+      images, labels = datasets.render_shapes(n, 24, 0, stream)
+      for i in range(n):
+        yield i, {'image': images[i], 'label': labels[i]}
+
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  TinyShapes(data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def tfds_config(config, data_dir):
+  config.data.source = 'tfds'
+  config.data.tfds_name = 'tiny_shapes'
+  config.data.data_dir = data_dir
+  config.data.eval_split = 'test'
+  config.batch_size = 8
+  return config
+
+
+def test_tfds_source_shards_resumes_and_pads(config, tfds_data_dir):
+  config = tfds_config(identity_augmentation(config), tfds_data_dir)
+  assert input_pipeline.num_pretrain_examples(config) == 30
+  assert input_pipeline.num_classes(config) == 10
+  seen = []
+  for process in (0, 1):
+    batches = pretrain_batches(config, 5, process_index=process, process_count=2)
+    assert_same_batches(batches[2:], pretrain_batches(
+        config, 3, start_step=2, process_index=process, process_count=2))
+    seen.append([image_keys(b['view1']) for b in batches])
+  # 3 steps per epoch: the processes' shards are disjoint, and epoch 2 reshuffles.
+  first_epoch = [sum(s[:3], []) for s in seen]
+  assert not set(first_epoch[0]) & set(first_epoch[1])
+  assert sum(seen[0][3:5], []) != first_epoch[0][:8]
+  _, test = eval_batches(config, process_index=1, process_count=2)
+  assert len(test) == 2 and sum(b['mask'].sum() for b in test) == 5
+
+
+def test_tfds_unknown_split_names_the_field(config, tfds_data_dir):
+  config = tfds_config(config, tfds_data_dir)
+  config.data.train_split = 'unlabelled'
+  with pytest.raises(input_pipeline.DataError, match=r'config\.data\.train_split'):
+    input_pipeline.num_pretrain_examples(config)
