@@ -43,9 +43,11 @@ def load_split(data_config, field: str, seed: int) -> Split:
   """The split named by config.data.<field> of the source config.data.source."""
   split = data_config[field]
   if data_config.source == 'synthetic':
+    if split not in _SYNTHETIC_SPLITS:
+      raise DataError(f'config.data.{field}: the synthetic source has splits '
+                      f'{sorted(_SYNTHETIC_SPLITS)}, not {split!r}')
     size_field = 'synthetic_train_examples' if split == 'train' else 'synthetic_eval_examples'
-    return synthetic_split(split, data_config[size_field], data_config.image_size, seed,
-                           field)
+    return synthetic_split(split, data_config[size_field], data_config.image_size, seed)
   if data_config.source == 'folder':
     return folder_split(data_config.root, split, field, data_config.image_size,
                         data_config.validate_files)
@@ -73,11 +75,7 @@ def indexed_split(num_examples: int, num_classes: int, read) -> Split:
 
 
 @functools.lru_cache(maxsize=8)
-def synthetic_split(split: str, num_examples: int, image_size: int, seed: int,
-                    field: str) -> Split:
-  if split not in _SYNTHETIC_SPLITS:
-    raise DataError(f'config.data.{field}: the synthetic source has splits '
-                    f'{sorted(_SYNTHETIC_SPLITS)}, not {split!r}')
+def synthetic_split(split: str, num_examples: int, image_size: int, seed: int) -> Split:
   images, labels = render_shapes(num_examples, image_size, seed, _SYNTHETIC_SPLITS[split])
   images, labels = tf.constant(images), tf.constant(labels)
   read = lambda i: {'image': tf.gather(images, i), 'label': tf.gather(labels, i)}
@@ -136,19 +134,26 @@ def render_shapes(num_examples: int, image_size: int, seed: int, stream: int):
 # Image folder: root/<split>/<class>/*.jpg|jpeg|png.
 
 
-@functools.lru_cache(maxsize=8)
 def folder_split(root: str, split: str, field: str, image_size: int,
                  validate_files: bool) -> Split:
   paths, labels, classes = list_image_folder(root, split, field)
+  folder = indexed_files(paths, labels, len(classes), image_size, validate_files)
+  if not folder.num_examples:
+    raise DataError(f'config.data.{field}: no readable image in {os.path.join(root, split)}')
+  return folder
+
+
+# Cached, so that splits named by several fields are validated and held once.
+@functools.lru_cache(maxsize=8)
+def indexed_files(paths, labels, num_classes: int, image_size: int,
+                  validate_files: bool) -> Split:
   if validate_files:
     paths, labels = _drop_unreadable(paths, labels, image_size)
-  if not paths:
-    raise DataError(f'config.data.{field}: no readable image in {os.path.join(root, split)}')
   num_examples = len(paths)
-  paths, labels = tf.constant(paths), tf.constant(labels, tf.int32)
+  paths, labels = tf.constant(paths, tf.string), tf.constant(labels, tf.int32)
   read = lambda i: {'image': tf.io.read_file(tf.gather(paths, i)),
                     'label': tf.gather(labels, i)}
-  return indexed_split(num_examples, len(classes), read)
+  return indexed_split(num_examples, num_classes, read)
 
 
 def list_image_folder(root: str, split: str, field: str):

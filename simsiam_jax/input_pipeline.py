@@ -10,6 +10,7 @@ records), not images.
 
 import collections
 import itertools
+import logging
 import math
 import os
 from typing import Callable, Iterator
@@ -23,10 +24,12 @@ from simsiam_jax import sharding
 from simsiam_jax.datasets import DataError  # pylint: disable=unused-import
 
 # The host pipeline must leave accelerators to JAX.
-tf.config.set_visible_devices([], 'GPU')
-tf.config.set_visible_devices([], 'TPU')
-
-Batch = dict
+try:
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU')
+except RuntimeError:  # TensorFlow ran before this import; too late to hide them.
+  logging.warning('TensorFlow was initialized before simsiam_jax.input_pipeline was '
+                  'imported and may hold accelerator memory; import it first.')
 
 
 def _processes(process_index, process_count):
@@ -68,7 +71,7 @@ def num_classes(config) -> int:
 
 def _augmented_stream(config, split: datasets.Split, batch_size: int, augment: Callable, *,
                       batch_field: str, split_field: str, start_step: int, process_index,
-                      process_count) -> Iterator[Batch]:
+                      process_count) -> Iterator[dict]:
   """This process's share of every global batch of `split` from `start_step` on, forever.
 
   `augment(example, seed)` makes one example's output dict; its seed depends only on
@@ -101,7 +104,7 @@ def _augmented_stream(config, split: datasets.Split, batch_size: int, augment: C
 
 
 def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
-                             process_count=None) -> Iterator[Batch]:
+                             process_count=None) -> Iterator[dict]:
   """This process's share of every global pretraining batch from `start_step` on, forever.
 
   Yields {'view1', 'view2'}: uint8 numpy arrays [batch_size // process_count, H, W, 3].
@@ -125,7 +128,7 @@ def num_linear_train_examples(config) -> int:
 
 
 def create_linear_train_iterator(config, *, start_step: int = 0, process_index=None,
-                                 process_count=None) -> Iterator[Batch]:
+                                 process_count=None) -> Iterator[dict]:
   """Labeled RandomResizedCrop + flip views of config.data.eval_train_split, forever.
 
   Yields {'image': uint8 [linear.batch_size // process_count, H, W, 3], 'label': int32,
@@ -171,8 +174,8 @@ def _eval_dataset(config, split: datasets.Split, process_index, process_count):
 
 
 def create_eval_iterators(config, *, process_index=None, process_count=None
-                          ) -> tuple[Callable[[], Iterator[Batch]],
-                                     Callable[[], Iterator[Batch]]]:
+                          ) -> tuple[Callable[[], Iterator[dict]],
+                                     Callable[[], Iterator[dict]]]:
   """(train_iter_fn, eval_iter_fn): each call returns a fresh pass over its split.
 
   Batches are {'image': uint8 [B_local, H, W, 3], 'label': int32 [B_local],
@@ -192,7 +195,7 @@ def create_eval_iterators(config, *, process_index=None, process_count=None
   return iter_fn(train), iter_fn(test)
 
 
-def prefetch_to_mesh(iterator: Iterator[Batch], mesh, size: int = 2):
+def prefetch_to_mesh(iterator: Iterator[dict], mesh, size: int = 2):
   """Global batch-sharded jax.Arrays from local numpy batches, `size` transfers ahead."""
   queue = collections.deque()
 
