@@ -22,6 +22,11 @@ def get_model_config() -> ml_collections.ConfigDict:
   model.projector_hidden_dim = 2048
   model.projector_dim = 2048
   model.predictor_hidden_dim = 512
+  # Ablations. Predictor (Table 1): 'mlp', 'none' (p = z) or 'fixed_random' (not trained).
+  model.predictor = 'mlp'
+  # BatchNorm in the heads (Table 3): 'none', 'hidden', 'default' (hidden + projector
+  # output) or 'all' (also the predictor output).
+  model.head_batch_norm = 'default'
   return model
 
 
@@ -127,6 +132,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.fixed_predictor_lr = True
   # Off only for the paper's ablation (Fig. 2): the representation collapses.
   config.stop_gradient = True
+  # Ablations of the loss. D(p, z): 'cosine' (negative cosine) or 'cross_entropy'
+  # (-softmax(z) . log softmax(p), Sec. 4.5). Symmetry (Sec. 4.6): 'symmetric',
+  # 'asymmetric' (D(p1, z2) only) or 'asymmetric_2x' (D(p1, z2) on two view pairs per image).
+  config.similarity = 'cosine'
+  config.loss_symmetry = 'symmetric'
+
   # bfloat16 activations, float32 parameters and optimizer state.
   config.half_precision = False
 

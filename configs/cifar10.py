@@ -25,6 +25,7 @@ def get_config():
   config.data.source = 'tfds'
   config.data.tfds_name = 'cifar10'
   config.data.image_size = 32
+  config.data.eval_crop_fraction = 1.0  # Whole 32px images for kNN and linear eval.
   config.data.mean = (0.4914, 0.4822, 0.4465)
   config.data.std = (0.2470, 0.2435, 0.2616)
   config.aug.blur_prob = 0.0

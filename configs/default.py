@@ -23,6 +23,7 @@ def get_config():
   config.model.predictor_hidden_dim = 64
   config.data.source = 'synthetic'
   config.data.image_size = 32
+  config.data.eval_crop_fraction = 1.0
   config.aug.blur_prob = 0.0
   config.batch_size = 128
   config.num_epochs = 4

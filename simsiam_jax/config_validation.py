@@ -8,7 +8,8 @@ import os
 
 import ml_collections
 
-from simsiam_jax.models import resnet
+from simsiam_jax import losses
+from simsiam_jax.models import heads, resnet, simsiam
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,12 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
     _require_positive(config, field)
   _require_known_model(config)
   _require_divisible(config, 'batch_size', device_count, process_count)
+  for field, choices in (('model.predictor', simsiam.PREDICTORS),
+                         ('model.head_batch_norm', tuple(heads.HEAD_BATCH_NORM)),
+                         ('similarity', tuple(losses.SIMILARITIES)),
+                         ('loss_symmetry', losses.SYMMETRIES)):
+    _require(_get(config, field) in choices, f'config.{field}', _get(config, field),
+             f'choose one of {", ".join(choices)}')
   _require(config.weight_decay >= 0, 'config.weight_decay', config.weight_decay,
            'must be >= 0')
   _require(0 <= config.momentum < 1, 'config.momentum', config.momentum, 'must be in [0, 1)')

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from simsiam_jax import augmentations
 from simsiam_jax import datasets
+from simsiam_jax import losses
 from simsiam_jax import sharding
 from simsiam_jax.datasets import DataError  # pylint: disable=unused-import
 
@@ -111,13 +112,18 @@ def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
   """
   process_index, process_count = _processes(process_index, process_count)
 
-  def two_views(example, seed):
-    view1, view2 = augmentations.two_views(example['image'], seed, config.aug,
-                                           config.data.image_size)
-    return {'view1': view1, 'view2': view2}
+  num_pairs = losses.num_view_pairs(config.loss_symmetry)
+
+  def view_pairs(example, seed):
+    views = {}
+    for pair in range(num_pairs):
+      pair_seed = tf.random.experimental.stateless_fold_in(seed, pair) if pair else seed
+      views[f'view{2 * pair + 1}'], views[f'view{2 * pair + 2}'] = augmentations.two_views(
+          example['image'], pair_seed, config.aug, config.data.image_size)
+    return views
 
   return _augmented_stream(config, load_split(config, 'train_split'), config.batch_size,
-                           two_views, batch_field='batch_size', split_field='train_split',
+                           view_pairs, batch_field='batch_size', split_field='train_split',
                            start_step=start_step, process_index=process_index,
                            process_count=process_count)
 

@@ -19,14 +19,47 @@ def negative_cosine(p, z):
   return -jnp.mean(cosine)
 
 
-def symmetric_loss(p1, p2, z1, z2, stop_gradient: bool = True):
+def cross_entropy_similarity(p, z):
+  """D(p, z) = -softmax(z) . log softmax(p) over channels, averaged (paper Sec. 4.5)."""
+  log_p = jax.nn.log_softmax(p.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.sum(jax.nn.softmax(z.astype(jnp.float32), axis=-1) * log_p, axis=-1))
+
+
+SIMILARITIES = {'cosine': negative_cosine, 'cross_entropy': cross_entropy_similarity}
+SYMMETRIES = ('symmetric', 'asymmetric', 'asymmetric_2x')
+
+
+def symmetric_loss(p1, p2, z1, z2, stop_gradient: bool = True, similarity: str = 'cosine'):
   """L = D(p1, sg(z2))/2 + D(p2, sg(z1))/2.
 
   `stop_gradient=False` exists for the paper's ablation (Fig. 2), where it collapses.
   """
+  return 0.5 * asymmetric_loss(p1, z2, stop_gradient, similarity) + 0.5 * asymmetric_loss(
+      p2, z1, stop_gradient, similarity)
+
+
+def asymmetric_loss(p1, z2, stop_gradient: bool = True, similarity: str = 'cosine'):
+  """L = D(p1, sg(z2)): one prediction per pair of views (paper Sec. 4.6)."""
   if stop_gradient:
-    z1, z2 = jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2)
-  return 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
+    z2 = jax.lax.stop_gradient(z2)
+  return SIMILARITIES[similarity](p1, z2)
+
+
+def simsiam_loss(pairs, *, symmetric: bool = True, stop_gradient: bool = True,
+                 similarity: str = 'cosine'):
+  """The loss averaged over pairs of views, each a dict with 'p1', 'p2', 'z1', 'z2'."""
+  if symmetric:
+    per_pair = [symmetric_loss(o['p1'], o['p2'], o['z1'], o['z2'], stop_gradient, similarity)
+                for o in pairs]
+  else:
+    per_pair = [asymmetric_loss(o['p1'], o['z2'], stop_gradient, similarity) for o in pairs]
+  return sum(per_pair) / len(per_pair)
+
+
+def num_view_pairs(loss_symmetry: str) -> int:
+  """'asymmetric_2x' compensates the asymmetric loss's one prediction per pair by two pairs
+  of views per image."""
+  return 2 if loss_symmetry == 'asymmetric_2x' else 1
 
 
 def normalized_std(z):

@@ -49,7 +49,10 @@ def param_labels(params):
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int) -> optax.GradientTransformation:
+  # A 'fixed_random' predictor stays at its initialisation (paper Table 1b).
+  predictor_tx = (optax.set_to_zero() if config.model.predictor == 'fixed_random' else
+                  _sgd(config, predictor_schedule(config, steps_per_epoch)))
   return optax.multi_transform(
       {ENCODER: _sgd(config, cosine_schedule(config, steps_per_epoch)),
-       PREDICTOR: _sgd(config, predictor_schedule(config, steps_per_epoch))},
+       PREDICTOR: predictor_tx},
       param_labels)

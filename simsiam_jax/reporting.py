@@ -1,13 +1,17 @@
 """Progress lines, TensorBoard summaries, and the collapse and non-finite monitors."""
 
+import glob
 import logging as std_logging
 import math
+import os
 import time
 
 import jax
 import numpy as np
+import tensorflow as tf
 from absl import logging
 from clu import metric_writers
+from tensorflow.core.util import event_pb2
 
 from simsiam_jax import checkpointing
 
@@ -20,6 +24,18 @@ def create_summary_writer(workdir: str) -> metric_writers.MetricWriter:
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
   return metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+
+
+def read_scalars(workdir: str, tag: str) -> dict[int, float]:
+  """{step: value} of a scalar summary in `workdir`; later event files (a resumed run) win."""
+  values = {}
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    for record in tf.data.TFRecordDataset(path):
+      event = event_pb2.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.tag == tag:
+          values[event.step] = float(tf.make_ndarray(value.tensor))
+  return values
 
 
 class _DropInfoFromLibraries(std_logging.Filter):

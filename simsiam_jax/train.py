@@ -19,26 +19,36 @@ from simsiam_jax.train_state import TrainState, compute_dtype, create_train_stat
 
 def train_step(state: TrainState, batch, *, config: ml_collections.ConfigDict,
                lr_schedule: optax.Schedule):
-  """One SGD step on a global batch of two uint8 views; returns the new state and metrics."""
+  """One SGD step on a global batch of uint8 view pairs; returns the new state and metrics.
+
+  The batch holds 'view1', 'view2' (and 'view3', 'view4' for two pairs per image).
+  """
   normalize = functools.partial(preprocess.normalize_images, mean=config.data.mean,
                                 std=config.data.std, dtype=compute_dtype(config))
-  view1, view2 = normalize(batch['view1']), normalize(batch['view2'])
+  pairs = [(normalize(batch[f'view{2 * i + 1}']), normalize(batch[f'view{2 * i + 2}']))
+           for i in range(losses.num_view_pairs(config.loss_symmetry))]
 
   def loss_fn(params):
-    outputs, mutated = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
-                                      view1, view2, train=True, mutable=['batch_stats'])
-    loss = losses.symmetric_loss(outputs['p1'], outputs['p2'], outputs['z1'], outputs['z2'],
-                                 stop_gradient=config.stop_gradient)
-    return loss, (outputs, mutated['batch_stats'])
+    batch_stats, outputs = state.batch_stats, []
+    for view1, view2 in pairs:
+      pair_outputs, mutated = state.apply_fn({'params': params, 'batch_stats': batch_stats},
+                                             view1, view2, train=True, mutable=['batch_stats'])
+      batch_stats = mutated['batch_stats']
+      outputs.append(pair_outputs)
+    loss = losses.simsiam_loss(outputs, symmetric=config.loss_symmetry == 'symmetric',
+                               stop_gradient=config.stop_gradient,
+                               similarity=config.similarity)
+    return loss, (outputs, batch_stats)
 
   (loss, (outputs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = {
-      'loss': loss,
-      'learning_rate': lr_schedule(state.step),
-      'z_std': 0.5 * (losses.normalized_std(outputs['z1']) + losses.normalized_std(outputs['z2'])),
-      'p_std': 0.5 * (losses.normalized_std(outputs['p1']) + losses.normalized_std(outputs['p2'])),
-  }
+
+  def mean_std(name):
+    values = [losses.normalized_std(o[f'{name}{v}']) for o in outputs for v in (1, 2)]
+    return sum(values) / len(values)
+
+  metrics = {'loss': loss, 'learning_rate': lr_schedule(state.step),
+             'z_std': mean_std('z'), 'p_std': mean_std('p')}
   return new_state, metrics
 
 
@@ -61,6 +71,7 @@ def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _knn_due(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int,
              total_steps: int) -> bool:
+  """At the end, and every knn.every_epochs from step 0 (the random-init baseline) on."""
   every = config.knn.every_epochs * steps_per_epoch
   return step == total_steps or (every > 0 and step % every == 0)
 
@@ -101,13 +112,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info('Pretraining %s for steps %d-%d (%d per epoch) on %d devices, global batch '
                  '%d.', config.model.name, start_step + 1, total_steps, steps_per_epoch,
                  jax.device_count(), config.batch_size)
-    reporter = reporting.ProgressReporter(writer, total_steps=total_steps,
-                                steps_per_epoch=steps_per_epoch,
-                                z_std_target=1 / math.sqrt(config.model.projector_dim),
-                                collapse_fraction=config.collapse_warning_fraction)
+    reporter = reporting.ProgressReporter(
+        writer, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+        z_std_target=1 / math.sqrt(config.model.projector_dim),
+        collapse_fraction=config.collapse_warning_fraction)
     batches = input_pipeline.prefetch_to_mesh(
         input_pipeline.create_pretrain_iterator(config, start_step=start_step), mesh)
     summary = {}
+
+    def monitor_knn(step):
+      summary['knn_top1'] = knn_monitor.knn_top1(
+          config, features.backbone_variables(state.params, state.batch_stats), mesh)
+      writer.write_scalars(step, {'knn_top1': summary['knn_top1']})
+
+    if start_step == 0 and _knn_due(config, 0, steps_per_epoch, total_steps):
+      monitor_knn(0)
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = p_train_step(state, next(batches))
       reporter.add(step, metrics)
@@ -122,8 +141,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.warning('Preempted: saved step %d; rerun the same command to resume.', step)
         break
       if _knn_due(config, step, steps_per_epoch, total_steps):
-        summary['knn_top1'] = knn_monitor.knn_top1(
-            config, features.backbone_variables(state.params, state.batch_stats), mesh)
-        writer.write_scalars(step, {'knn_top1': summary['knn_top1']})
+        monitor_knn(step)
     writer.flush()
   return summary

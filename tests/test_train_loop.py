@@ -1,6 +1,5 @@
 """The pretraining loop through the command line: resume after SIGKILL, SIGTERM, NaN guard."""
 
-import glob
 import os
 import signal
 import subprocess
@@ -8,9 +7,8 @@ import sys
 import time
 
 import pytest
-import tensorflow as tf
-from tensorflow.core.util import event_pb2
 
+from simsiam_jax.reporting import read_scalars
 from test_main import REPO_ROOT, run_main
 
 # 64 generated images, batch 16: 4 steps per epoch.
@@ -20,18 +18,6 @@ TINY_RUN = ['--config=configs/default.py', '--config.model.width=4',
             '--config.data.synthetic_train_examples=64',
             '--config.data.synthetic_eval_examples=32', '--config.batch_size=16',
             '--config.log_every_steps=1']
-
-
-def read_scalars(workdir, tag):
-  """{step: value} of a scalar summary; later event files (a resumed run) win."""
-  values = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
-    for record in tf.data.TFRecordDataset(path):
-      event = event_pb2.Event.FromString(record.numpy())
-      for value in event.summary.value:
-        if value.tag == tag:
-          values[event.step] = float(tf.make_ndarray(value.tensor))
-  return values
 
 
 def checkpoint_steps(workdir):
@@ -83,11 +69,12 @@ def test_sigterm_saves_the_current_step_and_a_rerun_resumes_from_it(tmp_path):
   args = [*TINY_RUN, '--config.num_epochs=500', '--config.checkpoint_every_steps=100000',
           f'--workdir={tmp_path}']
   process = start_main(*args)
-  deadline = time.time() + 300
-  while not read_scalars(tmp_path, 'loss') and time.time() < deadline:
-    time.sleep(0.2)
+  for line in process.stdout:  # Until training is under way.
+    if ' loss ' in line:
+      break
   process.send_signal(signal.SIGTERM)
-  output, _ = process.communicate(timeout=120)
+  output = ''.join(process.stdout)
+  process.wait(timeout=120)
   assert process.returncode == 0, output[-3000:]
   assert 'Preempted: saved step' in output
   (saved_step,) = checkpoint_steps(tmp_path)

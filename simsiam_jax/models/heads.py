@@ -1,19 +1,33 @@
-"""The MLP heads of SimSiam (paper Sec. 4, official `simsiam/builder.py`)."""
+"""The MLP heads of SimSiam (paper Sec. 4, official `simsiam/builder.py`).
 
-import functools
+Where BatchNorm goes is a switch for the paper's Table 3: `HEAD_BATCH_NORM` maps each
+setting to (BN on hidden layers, on the projector output, on the predictor output).
+A linear layer followed by BN has no bias (BN's shift replaces it); one without has a bias.
+"""
+
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+HEAD_BATCH_NORM = {
+    'none': (False, False, False),
+    'hidden': (True, False, False),
+    'default': (True, True, False),
+    'all': (True, True, True),
+}
 
-def _batch_norm(train: bool, dtype: Any, **kwargs):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, **kwargs)
+
+def _linear_bn(x, features: int, *, batch_norm: bool, train: bool, dtype: Any, affine=True):
+  x = nn.Dense(features, use_bias=not batch_norm, dtype=dtype)(x)
+  if batch_norm:
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                     use_scale=affine, use_bias=affine)(x)
+  return x
 
 
 class Projector(nn.Module):
-  """`num_layers` bias-free Linear-BN layers, ReLU between them, no affine on the last BN.
+  """`num_layers` Linear-BN layers, ReLU between them, no affine on the output BN.
 
   ImageNet uses 3 layers, the paper's CIFAR recipe 2. The output BN has no scale or bias:
   the official code freezes the last linear bias and uses `BatchNorm1d(affine=False)`.
@@ -21,25 +35,30 @@ class Projector(nn.Module):
   num_layers: int = 3
   hidden_dim: int = 2048
   output_dim: int = 2048
+  hidden_bn: bool = True
+  output_bn: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype)
     for _ in range(self.num_layers - 1):
-      x = nn.relu(_batch_norm(train, self.dtype)(dense(self.hidden_dim)(x)))
-    x = dense(self.output_dim)(x)
-    return _batch_norm(train, self.dtype, use_scale=False, use_bias=False)(x)
+      x = nn.relu(_linear_bn(x, self.hidden_dim, batch_norm=self.hidden_bn, train=train,
+                             dtype=self.dtype))
+    return _linear_bn(x, self.output_dim, batch_norm=self.output_bn, train=train,
+                      dtype=self.dtype, affine=False)
 
 
 class Predictor(nn.Module):
-  """Bottleneck MLP h: Linear(no bias)-BN-ReLU-Linear(bias); no BN on the output."""
+  """Bottleneck MLP h: Linear-BN-ReLU-Linear; by default no BN on the output."""
   hidden_dim: int = 512
   output_dim: int = 2048
+  hidden_bn: bool = True
+  output_bn: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z, train: bool = True):
-    x = nn.Dense(self.hidden_dim, use_bias=False, dtype=self.dtype)(z)
-    x = nn.relu(_batch_norm(train, self.dtype)(x))
-    return nn.Dense(self.output_dim, dtype=self.dtype)(x)
+    x = nn.relu(_linear_bn(z, self.hidden_dim, batch_norm=self.hidden_bn, train=train,
+                           dtype=self.dtype))
+    return _linear_bn(x, self.output_dim, batch_norm=self.output_bn, train=train,
+                      dtype=self.dtype)

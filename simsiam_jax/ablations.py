@@ -1,0 +1,150 @@
+"""The paper's ablations at small scale, one command:
+
+  python -m simsiam_jax.ablations --config=configs/cifar10_cpu.py --workdir=/tmp/ablations \
+      [--variants=default,no_stop_gradient] [--config.num_epochs=3]
+
+Pretrains every variant for the same budget (the config's), each in `workdir/<variant>`
+(rerunning resumes or skips finished variants), then writes `workdir/ablations.md` (variant,
+final loss, z-std, kNN top-1) and `workdir/stop_gradient.png`, the paper's Fig. 2 (training
+loss, z-std and kNN accuracy against epochs, with and without stop-gradient).
+"""
+
+import os
+import sys
+import time
+
+import matplotlib
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from simsiam_jax import checkpointing, config_validation, input_pipeline, reporting, train
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Variant name -> (paper reference, config overrides).
+VARIANTS = {
+    'default': ('Sec. 4 baseline', {}),
+    'no_stop_gradient': ('Fig. 2', {'stop_gradient': False}),
+    'no_predictor': ('Table 1a', {'model.predictor': 'none'}),
+    'fixed_random_predictor': ('Table 1b', {'model.predictor': 'fixed_random'}),
+    'decayed_predictor_lr': ('Table 1c', {'fixed_predictor_lr': False}),
+    'no_bn_in_heads': ('Table 3a', {'model.head_batch_norm': 'none'}),
+    'bn_hidden_only': ('Table 3b', {'model.head_batch_norm': 'hidden'}),
+    'bn_everywhere': ('Table 3d', {'model.head_batch_norm': 'all'}),
+    'cross_entropy': ('Sec. 4.5', {'similarity': 'cross_entropy'}),
+    'asymmetric': ('Sec. 4.6', {'loss_symmetry': 'asymmetric'}),
+    'asymmetric_2x': ('Sec. 4.6', {'loss_symmetry': 'asymmetric_2x'}),
+    'half_batch': ('Table 2', {'batch_size': 0.5}),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for one sub-directory per variant and the report.')
+flags.DEFINE_list('variants', list(VARIANTS), f'Variants to run, of: {", ".join(VARIANTS)}.')
+config_flags.DEFINE_config_file('config', None, 'Base configuration of every variant.',
+                                lock_config=True)
+
+
+def variant_config(base: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """`base` with the variant's overrides; 'half_batch' halves the batch (lr scales along)."""
+  config = ml_collections.ConfigDict(base.to_dict())
+  for field, value in VARIANTS[name][1].items():
+    *parents, leaf = field.split('.')
+    target = config
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = int(target[leaf] * value) if field == 'batch_size' else value
+  return config
+
+
+def curves(workdir: str, steps_per_epoch: int) -> dict[str, dict[float, float]]:
+  """{metric: {epoch: value}} of a finished variant."""
+  return {tag: {step / steps_per_epoch: value for step, value in
+                reporting.read_scalars(workdir, tag).items()}
+          for tag in ('loss', 'z_std', 'z_std_target', 'knn_top1')}
+
+
+def _last(curve: dict[float, float]) -> float:
+  return curve[max(curve)] if curve else float('nan')
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+  lines = ['| variant | paper | final loss | z-std (1/sqrt(d)) | kNN top-1 (%) | minutes | note |',
+           '|---|---|---|---|---|---|---|']
+  for name, result in results.items():
+    c = result['curves']
+    lines.append(f'| {name} | {VARIANTS[name][0]} | {_last(c["loss"]):.3f} | '
+                 f'{_last(c["z_std"]):.4f} ({_last(c["z_std_target"]):.4f}) | '
+                 f'{_last(c["knn_top1"]):.1f} | {result["minutes"]:.1f} | {result["note"]} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot_stop_gradient(results: dict[str, dict], path: str):
+  """The paper's Fig. 2: loss, z-std and kNN top-1 per epoch, with/without stop-gradient."""
+  figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  for name, label in (('default', 'w/ stop-grad'), ('no_stop_gradient', 'w/o stop-grad')):
+    if name not in results:
+      continue
+    c = results[name]['curves']
+    for axis, tag in zip(axes, ('loss', 'z_std', 'knn_top1')):
+      epochs = sorted(c[tag])
+      axis.plot(epochs, [c[tag][e] for e in epochs], label=label,
+                marker='o' if tag == 'knn_top1' else None)
+  target = next(iter(results.values()))['curves']['z_std_target']
+  if target:
+    axes[1].axhline(_last(target), color='gray', linestyle='--', label='1/sqrt(d)')
+  for axis, title in zip(axes, ('training loss', 'std of l2-normalised z', 'kNN top-1 (%)')):
+    axis.set_xlabel('epoch')
+    axis.set_title(title)
+    axis.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+def run_variants(base: ml_collections.ConfigDict, workdir: str,
+                 names: list[str]) -> dict[str, dict]:
+  unknown = [n for n in names if n not in VARIANTS]
+  if unknown:
+    raise config_validation.ConfigError(
+        f'--variants: unknown {", ".join(unknown)}; choose from {", ".join(VARIANTS)}')
+  os.makedirs(workdir, exist_ok=True)
+  results = {}
+  for name in names:
+    config = variant_config(base, name)
+    variant_dir = os.path.join(workdir, name)
+    logging.info('Ablation variant %s (%s): %s', name, VARIANTS[name][0], VARIANTS[name][1])
+    started = time.perf_counter()
+    try:
+      train.train_and_evaluate(config, variant_dir)
+      note = ''
+    except checkpointing.NonFiniteLossError as e:
+      logging.warning('Variant %s diverged: %s', name, e)
+      note = 'diverged (non-finite loss)'
+    steps_per_epoch = input_pipeline.num_pretrain_examples(config) // config.batch_size
+    results[name] = {'curves': curves(variant_dir, steps_per_epoch), 'note': note,
+                     'minutes': (time.perf_counter() - started) / 60}
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  reporting.quiet_library_logs()
+  try:
+    config_validation.validate_workdir(FLAGS.workdir)
+    results = run_variants(FLAGS.config, FLAGS.workdir, FLAGS.variants)
+  except (config_validation.ConfigError, input_pipeline.DataError,
+          checkpointing.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  table = markdown_table(results)
+  with open(os.path.join(FLAGS.workdir, 'ablations.md'), 'w') as f:
+    f.write(table)
+  plot_stop_gradient(results, os.path.join(FLAGS.workdir, 'stop_gradient.png'))
+  print(table)
+
+
+if __name__ == '__main__':
+  app.run(main)
