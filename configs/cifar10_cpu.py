@@ -23,7 +23,7 @@ def get_config():
   config.data.source = 'folder'
   config.data.root = '../shared/data/cifar10'
   config.batch_size = 256
-  config.num_epochs = 8
+  config.num_epochs = 12
   config.base_lr = 0.1
   config.weight_decay = 5e-4
   config.knn.every_epochs = 1

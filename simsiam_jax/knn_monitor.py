@@ -39,6 +39,8 @@ def knn_top1(config: ml_collections.ConfigDict, backbone_variables, mesh: Mesh) 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """kNN top-1 of the latest checkpoint in config.pretrained_workdir (config.mode='knn')."""
   config_validation.validate_workdir(workdir)
+  config_validation.validate_config(config, device_count=jax.device_count(),
+                                    process_count=jax.process_count())
   mesh = sharding.create_mesh()
   variables, _ = checkpointing.restore_backbone_variables(config.pretrained_workdir, config)
   backbone = jax.device_put(features.backbone_variables(**variables), sharding.replicated(mesh))
