@@ -31,8 +31,8 @@ def knn_top1(config: ml_collections.ConfigDict, backbone_variables, mesh: Mesh) 
     total += (query_labels != features.PAD_LABEL).sum()
   accuracy = 100.0 * int(jax.device_get(correct)) / max(int(jax.device_get(total)), 1)
   logging.info('kNN (k=%d, T=%g) top-1 %.2f%% on %s, bank of %d (%.1fs).', config.knn.k,
-               config.knn.temperature, accuracy, config.data.eval_split, bank.shape[0],
-               time.perf_counter() - started)
+               config.knn.temperature, accuracy, config.data.eval_split,
+               int((bank_labels != features.PAD_LABEL).sum()), time.perf_counter() - started)
   return accuracy
 
 

@@ -92,6 +92,15 @@ def evaluate(state, feature_fn: Callable, backbone, batches, mesh: Mesh) -> dict
   return {'top1': 100.0 * top1 / max(total, 1), 'top5': 100.0 * top5 / max(total, 1)}
 
 
+def _steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+  num_examples = input_pipeline.num_linear_train_examples(config)
+  if num_examples < config.linear.batch_size:
+    raise config_validation.ConfigError(
+        f'config.linear.batch_size={config.linear.batch_size}: larger than the '
+        f'{num_examples} examples of config.data.eval_train_split')
+  return num_examples // config.linear.batch_size
+
+
 def cached_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbone,
                            mesh: Mesh) -> tuple[Iterator, int]:
   """(iterator of global (features, labels) batches forever, steps per epoch) from features
@@ -99,11 +108,9 @@ def cached_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbo
   train_batches, _ = input_pipeline.create_eval_iterators(config)
   local_x, local_y = features.local_features(feature_fn, backbone, train_batches(), mesh)
   local_batch = config.linear.batch_size // jax.process_count()
-  steps_per_epoch = len(local_x) // local_batch
-  if not steps_per_epoch:
-    raise config_validation.ConfigError(
-        f'config.linear.batch_size={config.linear.batch_size}: larger than the '
-        f'{len(local_x) * jax.process_count()} examples of config.data.eval_train_split')
+  # From the global count, so that every process runs the same number of steps; each
+  # process's shard holds at least steps_per_epoch * local_batch examples.
+  steps_per_epoch = _steps_per_epoch(config)
 
   def batches():
     rng = np.random.default_rng(config.seed)
@@ -119,7 +126,7 @@ def cached_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbo
 def augmented_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbone,
                               mesh: Mesh) -> tuple[Iterator, int]:
   """(iterator of features of freshly augmented views, steps per epoch): the official recipe."""
-  steps_per_epoch = input_pipeline.num_linear_train_examples(config) // config.linear.batch_size
+  steps_per_epoch = _steps_per_epoch(config)
   images = input_pipeline.prefetch_to_mesh(input_pipeline.create_linear_train_iterator(config),
                                            mesh)
   return (feature_fn(backbone, batch) for batch in images), steps_per_epoch
