@@ -4,9 +4,13 @@ Run:
   python -m simsiam_jax.main --config=configs/default.py --workdir=/tmp/simsiam_default
 
 A ResNet-18 at 1/8 width (CIFAR stem) on 32x32 images of generated shapes (no download),
-batch 128, 2-layer projector. Expected time: a few minutes on a 2-core CPU.
-Expected result: the loss falls from about -0.3 towards -0.9 while z-std stays near
-1/sqrt(256) = 0.0625 (no collapse).
+batch 128, 2-layer projector, 8 epochs of 16 steps. A smoke run of the whole system
+(pipeline, sharded step, checkpoints, kNN monitor), not a benchmark: for learning on real
+images see cifar10_cpu.py.
+Expected time: about 2.5 minutes on a 2-core CPU (measured 2m20s, 2026-11-24).
+Expected result: the loss falls from about 0 to about -0.33 while z-std stays near
+1/sqrt(256) = 0.0625 (0.060: no collapse); kNN top-1 on the 512 generated test images
+stays near 15% (10 classes) at this budget.
 """
 
 from configs import base
@@ -26,7 +30,8 @@ def get_config():
   config.data.eval_crop_fraction = 1.0
   config.aug.blur_prob = 0.0
   config.batch_size = 128
-  config.num_epochs = 4
-  config.base_lr = 0.05
-  config.log_every_steps = 4
+  config.num_epochs = 8
+  config.base_lr = 0.1
+  config.log_every_steps = 8
+  config.knn.every_epochs = 2
   return config
