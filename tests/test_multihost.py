@@ -1,0 +1,48 @@
+"""Two JAX processes on this machine, as two hosts of a pod: jax.distributed, per-process
+data shards assembled into one global batch, a collective checkpoint, and resume."""
+
+import os
+import socket
+import subprocess
+import sys
+
+from test_main import REPO_ROOT
+from test_train_loop import TINY_RUN, checkpoint_steps
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _run_two_processes(args):
+  port = _free_port()
+  processes = []
+  for process_id in range(2):
+    env = {**os.environ, 'SIMSIAM_DISTRIBUTED': '1',
+           'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2',
+           'JAX_PROCESS_ID': str(process_id),
+           'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+    processes.append(subprocess.Popen(
+        [sys.executable, '-m', 'simsiam_jax.main', *args], cwd=REPO_ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  return [p.returncode for p in processes], outputs
+
+
+def test_two_processes_train_checkpoint_and_resume(tmp_path):
+  def args(num_epochs):
+    return [*TINY_RUN, f'--config.num_epochs={num_epochs}',
+            '--config.checkpoint_every_steps=4', f'--workdir={tmp_path}']
+
+  returncodes, outputs = _run_two_processes(args(2))
+  assert returncodes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert 'JAX process 0/2' in outputs[0] and 'JAX process 1/2' in outputs[1]
+  assert 'on 4 devices, global batch 16' in outputs[0]
+  assert checkpoint_steps(tmp_path) == [4, 8]
+
+  returncodes, outputs = _run_two_processes(args(3))
+  assert returncodes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert all('Resumed from the checkpoint of step 8' in out for out in outputs)
+  assert checkpoint_steps(tmp_path)[-1] == 12
