@@ -13,15 +13,12 @@ import os
 import sys
 import time
 
-import matplotlib
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import checkpointing, config_validation, input_pipeline, reporting, train
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simsiam_jax import checkpointing, config_validation, curves, input_pipeline, reporting
+from simsiam_jax import train
 
 # Variant name -> (paper reference, config overrides).
 VARIANTS = {
@@ -58,49 +55,22 @@ def variant_config(base: ml_collections.ConfigDict, name: str) -> ml_collections
   return config
 
 
-def curves(workdir: str, steps_per_epoch: int) -> dict[str, dict[float, float]]:
-  """{metric: {epoch: value}} of a finished variant."""
-  return {tag: {step / steps_per_epoch: value for step, value in
-                reporting.read_scalars(workdir, tag).items()}
-          for tag in ('loss', 'z_std', 'z_std_target', 'knn_top1')}
-
-
-def _last(curve: dict[float, float]) -> float:
-  return curve[max(curve)] if curve else float('nan')
-
-
 def markdown_table(results: dict[str, dict]) -> str:
   lines = ['| variant | paper | final loss | z-std (1/sqrt(d)) | kNN top-1 (%) | minutes | note |',
            '|---|---|---|---|---|---|---|']
   for name, result in results.items():
     c = result['curves']
-    lines.append(f'| {name} | {VARIANTS[name][0]} | {_last(c["loss"]):.3f} | '
-                 f'{_last(c["z_std"]):.4f} ({_last(c["z_std_target"]):.4f}) | '
-                 f'{_last(c["knn_top1"]):.1f} | {result["minutes"]:.1f} | {result["note"]} |')
+    lines.append(f'| {name} | {VARIANTS[name][0]} | {curves.last(c["loss"]):.3f} | '
+                 f'{curves.last(c["z_std"]):.4f} ({curves.last(c["z_std_target"]):.4f}) | '
+                 f'{curves.last(c["knn_top1"]):.1f} | {result["minutes"]:.1f} | {result["note"]} |')
   return '\n'.join(lines) + '\n'
 
 
 def plot_stop_gradient(results: dict[str, dict], path: str):
   """The paper's Fig. 2: loss, z-std and kNN top-1 per epoch, with/without stop-gradient."""
-  figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  for name, label in (('default', 'w/ stop-grad'), ('no_stop_gradient', 'w/o stop-grad')):
-    if name not in results:
-      continue
-    c = results[name]['curves']
-    for axis, tag in zip(axes, ('loss', 'z_std', 'knn_top1')):
-      epochs = sorted(c[tag])
-      axis.plot(epochs, [c[tag][e] for e in epochs], label=label,
-                marker='o' if tag == 'knn_top1' else None)
-  target = next(iter(results.values()))['curves']['z_std_target']
-  if target:
-    axes[1].axhline(_last(target), color='gray', linestyle='--', label='1/sqrt(d)')
-  for axis, title in zip(axes, ('training loss', 'std of l2-normalised z', 'kNN top-1 (%)')):
-    axis.set_xlabel('epoch')
-    axis.set_title(title)
-    axis.legend()
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
+  curves.plot_curves({label: results[name]['curves'] for name, label in
+                      (('default', 'w/ stop-grad'), ('no_stop_gradient', 'w/o stop-grad'))
+                      if name in results}, path)
 
 
 def run_variants(base: ml_collections.ConfigDict, workdir: str,
@@ -123,7 +93,7 @@ def run_variants(base: ml_collections.ConfigDict, workdir: str,
       logging.warning('Variant %s diverged: %s', name, e)
       note = 'diverged (non-finite loss)'
     steps_per_epoch = input_pipeline.num_pretrain_examples(config) // config.batch_size
-    results[name] = {'curves': curves(variant_dir, steps_per_epoch), 'note': note,
+    results[name] = {'curves': curves.read_curves(variant_dir, steps_per_epoch), 'note': note,
                      'minutes': (time.perf_counter() - started) / 60}
   return results
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config
-from simsiam_jax import features, input_pipeline, linear_eval, sharding
+from simsiam_jax import curves, features, input_pipeline, linear_eval, sharding
 from test_main import run_main
 from test_train_loop import TINY_RUN
 
@@ -104,3 +104,11 @@ def test_bad_evaluation_input_is_one_clear_error(pretrained_workdir, tmp_path, o
   error_lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert len(error_lines) == 1 and expected.format(empty=empty) in error_lines[0], (
       result.stderr[-2000:])
+
+
+def test_curves_of_a_run_are_read_per_epoch_and_plotted(pretrained_workdir, tmp_path):
+  run_curves = curves.read_curves(pretrained_workdir)  # Steps per epoch from its config.
+  assert max(run_curves['loss']) == 2.0 and min(run_curves['loss']) == 0.25  # 4 steps/epoch.
+  assert list(run_curves['knn_top1']) == [2.0]  # kNN at the end only.
+  curves.plot_curves({'tiny': run_curves}, str(tmp_path / 'curves.png'))
+  assert (tmp_path / 'curves.png').stat().st_size > 10_000
