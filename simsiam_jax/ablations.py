@@ -92,7 +92,7 @@ def run_variants(base: ml_collections.ConfigDict, workdir: str,
     except checkpointing.NonFiniteLossError as e:
       logging.warning('Variant %s diverged: %s', name, e)
       note = 'diverged (non-finite loss)'
-    steps_per_epoch = input_pipeline.num_pretrain_examples(config) // config.batch_size
+    steps_per_epoch = input_pipeline.pretrain_steps_per_epoch(config)
     results[name] = {'curves': curves.read_curves(variant_dir, steps_per_epoch), 'note': note,
                      'minutes': (time.perf_counter() - started) / 60}
   return results

@@ -25,7 +25,7 @@ def read_curves(workdir: str, steps_per_epoch: int | None = None
   config is read from its checkpoint to find it."""
   if steps_per_epoch is None:
     config = checkpointing.restore_config(workdir)
-    steps_per_epoch = input_pipeline.num_pretrain_examples(config) // config.batch_size
+    steps_per_epoch = input_pipeline.pretrain_steps_per_epoch(config)
   return {tag: {step / steps_per_epoch: value
                 for step, value in reporting.read_scalars(workdir, tag).items()}
           for tag in TAGS}

@@ -65,6 +65,15 @@ def num_pretrain_examples(config) -> int:
   return load_split(config, 'train_split').num_examples
 
 
+def pretrain_steps_per_epoch(config) -> int:
+  """Global batches per pass over the pretraining split (the remainder is dropped)."""
+  num_examples = num_pretrain_examples(config)
+  if num_examples < config.batch_size:
+    raise DataError(f'config.batch_size={config.batch_size} is larger than the '
+                    f'{num_examples} examples of config.data.train_split')
+  return num_examples // config.batch_size
+
+
 def num_classes(config) -> int:
   """Classes of the labeled evaluation splits."""
   return load_split(config, 'eval_train_split').num_classes

@@ -85,12 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_validation.validate_config(config, device_count=jax.device_count(),
                                     process_count=jax.process_count())
   mesh = sharding.create_mesh()
-  num_examples = input_pipeline.num_pretrain_examples(config)
-  steps_per_epoch = num_examples // config.batch_size
-  if steps_per_epoch == 0:
-    raise config_validation.ConfigError(
-        f'config.batch_size={config.batch_size}: larger than the {num_examples} '
-        'pretraining examples')
+  steps_per_epoch = input_pipeline.pretrain_steps_per_epoch(config)
   total_steps = optimizer.num_train_steps(config, steps_per_epoch)
   lr_schedule = optimizer.cosine_schedule(config, steps_per_epoch)
   model = create_model(config.model, dtype=compute_dtype(config))
