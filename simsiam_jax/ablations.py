@@ -3,15 +3,16 @@
   python -m simsiam_jax.ablations --config=configs/cifar10_cpu.py --workdir=/tmp/ablations \
       [--variants=default,no_stop_gradient] [--config.num_epochs=3]
 
-Pretrains every variant for the same budget (the config's), each in `workdir/<variant>`
+Pretrains the chosen variants for the same budget (the config's), each in `workdir/<variant>`
 (rerunning resumes or skips finished variants), then writes `workdir/ablations.md` (variant,
-final loss, z-std, kNN top-1) and `workdir/stop_gradient.png`, the paper's Fig. 2 (training
-loss, z-std and kNN accuracy against epochs, with and without stop-gradient).
+final loss, z-std, kNN top-1, training minutes) and `workdir/stop_gradient.png`, the paper's
+Fig. 2 (training loss, z-std and kNN accuracy against epochs, with and without
+stop-gradient). Both cover every variant in `workdir`, so the variants can be run a few at a
+time.
 """
 
 import os
 import sys
-import time
 
 import ml_collections
 from absl import app, flags, logging
@@ -73,28 +74,38 @@ def plot_stop_gradient(results: dict[str, dict], path: str):
                       if name in results}, path)
 
 
-def run_variants(base: ml_collections.ConfigDict, workdir: str,
-                 names: list[str]) -> dict[str, dict]:
+def run_variants(base: ml_collections.ConfigDict, workdir: str, names: list[str]):
+  """Pretrains each variant in `workdir/<name>`; a diverging variant stops, the others go on."""
   unknown = [n for n in names if n not in VARIANTS]
   if unknown:
     raise config_validation.ConfigError(
         f'--variants: unknown {", ".join(unknown)}; choose from {", ".join(VARIANTS)}')
   os.makedirs(workdir, exist_ok=True)
-  results = {}
   for name in names:
-    config = variant_config(base, name)
-    variant_dir = os.path.join(workdir, name)
     logging.info('Ablation variant %s (%s): %s', name, VARIANTS[name][0], VARIANTS[name][1])
-    started = time.perf_counter()
     try:
-      train.train_and_evaluate(config, variant_dir)
-      note = ''
+      train.train_and_evaluate(variant_config(base, name), os.path.join(workdir, name))
     except checkpointing.NonFiniteLossError as e:
       logging.warning('Variant %s diverged: %s', name, e)
-      note = 'diverged (non-finite loss)'
+
+
+def collect_results(base: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+  """{variant: curves, training minutes and a note} of every variant run in `workdir`, in
+  the order of VARIANTS; the minutes are those between the run's first and last summaries
+  (summed over resumptions), and the note says if it stopped before its last epoch."""
+  results = {}
+  for name in VARIANTS:
+    variant_dir = os.path.join(workdir, name)
+    if not os.path.isdir(variant_dir):
+      continue
+    config = variant_config(base, name)
     steps_per_epoch = input_pipeline.pretrain_steps_per_epoch(config)
-    results[name] = {'curves': curves.read_curves(variant_dir, steps_per_epoch), 'note': note,
-                     'minutes': (time.perf_counter() - started) / 60}
+    run_curves = curves.read_curves(variant_dir, steps_per_epoch)
+    epochs = max(run_curves['loss'], default=0.0)
+    note = '' if epochs >= config.num_epochs else (
+        f'stopped at epoch {epochs:.2f} of {config.num_epochs}')
+    results[name] = {'curves': run_curves, 'note': note,
+                     'minutes': reporting.summary_seconds(variant_dir) / 60}
   return results
 
 
@@ -104,7 +115,8 @@ def main(argv):
   reporting.quiet_library_logs()
   try:
     config_validation.validate_workdir(FLAGS.workdir)
-    results = run_variants(FLAGS.config, FLAGS.workdir, FLAGS.variants)
+    run_variants(FLAGS.config, FLAGS.workdir, FLAGS.variants)
+    results = collect_results(FLAGS.config, FLAGS.workdir)
   except (config_validation.ConfigError, input_pipeline.DataError,
           checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)

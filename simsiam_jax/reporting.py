@@ -26,16 +26,35 @@ def create_summary_writer(workdir: str) -> metric_writers.MetricWriter:
   return metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
 
 
+def _event_files(workdir: str) -> list[str]:
+  return sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*')))
+
+
+def _events(path: str):
+  for record in tf.data.TFRecordDataset(path):
+    yield event_pb2.Event.FromString(record.numpy())
+
+
 def read_scalars(workdir: str, tag: str) -> dict[int, float]:
   """{step: value} of a scalar summary in `workdir`; later event files (a resumed run) win."""
   values = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
-    for record in tf.data.TFRecordDataset(path):
-      event = event_pb2.Event.FromString(record.numpy())
+  for path in _event_files(workdir):
+    for event in _events(path):
       for value in event.summary.value:
         if value.tag == tag:
           values[event.step] = float(tf.make_ndarray(value.tensor))
   return values
+
+
+def summary_seconds(workdir: str) -> float:
+  """Seconds from the first to the last summary of each event file in `workdir`, summed:
+  the time a run spent, resumptions included, without the time it was stopped."""
+  total = 0.0
+  for path in _event_files(workdir):
+    wall_times = [event.wall_time for event in _events(path)]
+    if wall_times:
+      total += max(wall_times) - min(wall_times)
+  return total
 
 
 class _DropInfoFromLibraries(std_logging.Filter):
