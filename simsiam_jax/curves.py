@@ -5,6 +5,7 @@ TensorBoard summaries and plotted in the style of the paper's Fig. 2:
 """
 
 import math
+import sys
 
 import matplotlib
 from absl import app, flags
@@ -69,7 +70,13 @@ def main(argv):
   labels = FLAGS.labels or FLAGS.workdirs
   if len(labels) != len(FLAGS.workdirs):
     raise app.UsageError('--labels needs one label per workdir')
-  plot_curves({label: read_curves(w) for label, w in zip(labels, FLAGS.workdirs)}, FLAGS.out)
+  reporting.quiet_library_logs()
+  try:
+    curves = {label: read_curves(w) for label, w in zip(labels, FLAGS.workdirs)}
+  except checkpointing.CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  plot_curves(curves, FLAGS.out)
 
 
 if __name__ == '__main__':

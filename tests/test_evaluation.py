@@ -3,6 +3,8 @@
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 from conftest import make_tiny_config
 from simsiam_jax import curves, features, input_pipeline, linear_eval, sharding
-from test_main import run_main
+from test_main import REPO_ROOT, run_main
 from test_train_loop import TINY_RUN
 
 
@@ -112,3 +114,13 @@ def test_curves_of_a_run_are_read_per_epoch_and_plotted(pretrained_workdir, tmp_
   assert list(run_curves['knn_top1']) == [2.0]  # kNN at the end only.
   curves.plot_curves({'tiny': run_curves}, str(tmp_path / 'curves.png'))
   assert (tmp_path / 'curves.png').stat().st_size > 10_000
+
+
+def test_curves_of_a_workdir_without_checkpoints_is_one_clear_error(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'simsiam_jax.curves', f'--workdirs={tmp_path / "no_run"}',
+       f'--out={tmp_path / "curves.png"}'], cwd=REPO_ROOT, capture_output=True, text=True,
+      check=False)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.splitlines()[-1] == f'error: No checkpoint directory at {tmp_path / "no_run"}.'
+  assert not (tmp_path / 'curves.png').exists()
