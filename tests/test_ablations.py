@@ -154,3 +154,8 @@ def test_ablation_runner_reports_every_variant_of_the_workdir(tiny_config, tmp_p
   tiny_config.num_epochs = 2  # As if the runs had stopped half-way.
   assert ablations.collect_results(tiny_config, str(tmp_path))['default']['note'] == (
       'stopped at epoch 1.00 of 2')
+
+
+def test_unknown_ablation_variant_is_a_clear_error(tiny_config, tmp_path):
+  with pytest.raises(ValueError, match='--variants: unknown no_such_variant'):
+    ablations.run_variants(tiny_config, str(tmp_path), ['default', 'no_such_variant'])
