@@ -12,7 +12,6 @@ time.
 """
 
 import os
-import sys
 
 import ml_collections
 from absl import app, flags, logging
@@ -113,14 +112,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   reporting.quiet_library_logs()
-  try:
+  with reporting.exit_on_error():
     config_validation.validate_workdir(FLAGS.workdir)
     run_variants(FLAGS.config, FLAGS.workdir, FLAGS.variants)
     results = collect_results(FLAGS.config, FLAGS.workdir)
-  except (config_validation.ConfigError, input_pipeline.DataError,
-          checkpointing.CheckpointError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   table = markdown_table(results)
   with open(os.path.join(FLAGS.workdir, 'ablations.md'), 'w') as f:
     f.write(table)

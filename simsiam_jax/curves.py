@@ -5,7 +5,6 @@ TensorBoard summaries and plotted in the style of the paper's Fig. 2:
 """
 
 import math
-import sys
 
 import matplotlib
 from absl import app, flags
@@ -71,11 +70,8 @@ def main(argv):
   if len(labels) != len(FLAGS.workdirs):
     raise app.UsageError('--labels needs one label per workdir')
   reporting.quiet_library_logs()
-  try:
+  with reporting.exit_on_error():
     curves = {label: read_curves(w) for label, w in zip(labels, FLAGS.workdirs)}
-  except checkpointing.CheckpointError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   plot_curves(curves, FLAGS.out)
 
 

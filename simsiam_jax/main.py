@@ -7,14 +7,12 @@ stderr and exit status 2; a diverged run (NaN/inf loss) ends the same way with s
 """
 
 import os
-import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import checkpointing, config_validation, input_pipeline, knn_monitor
-from simsiam_jax import linear_eval, reporting, train
+from simsiam_jax import config_validation, knn_monitor, linear_eval, reporting, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for summaries and checkpoints.')
@@ -44,19 +42,12 @@ def main(argv):
     initialize_distributed()
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  try:
+  with reporting.exit_on_error():
     config_validation.validate_mode(FLAGS.config)
     run = {'pretrain': train.train_and_evaluate,
            'linear_eval': linear_eval.train_and_evaluate,
            'knn': knn_monitor.evaluate_checkpoint}[FLAGS.config.mode]
     run(FLAGS.config, FLAGS.workdir)
-  except (config_validation.ConfigError, input_pipeline.DataError,
-          checkpointing.CheckpointError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except checkpointing.NonFiniteLossError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -1,9 +1,11 @@
 """Progress lines, TensorBoard summaries, and the collapse and non-finite monitors."""
 
+import contextlib
 import glob
 import logging as std_logging
 import math
 import os
+import sys
 import time
 
 import jax
@@ -13,7 +15,7 @@ from absl import logging
 from clu import metric_writers
 from tensorflow.core.util import event_pb2
 
-from simsiam_jax import checkpointing
+from simsiam_jax import checkpointing, config_validation, datasets
 
 
 def create_summary_writer(workdir: str) -> metric_writers.MetricWriter:
@@ -66,6 +68,22 @@ class _DropInfoFromLibraries(std_logging.Filter):
 
 def quiet_library_logs():
   logging.get_absl_handler().addFilter(_DropInfoFromLibraries())
+
+
+@contextlib.contextmanager
+def exit_on_error():
+  """For the command-line tools: a mistake in the config, the flags, the data or the
+  checkpoints ends as one `error:` line on stderr and exit status 2, a diverged run (NaN/inf
+  loss) as one with status 1, never as a traceback."""
+  try:
+    yield
+  except (config_validation.ConfigError, datasets.DataError,
+          checkpointing.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except checkpointing.NonFiniteLossError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 def format_duration(seconds: float) -> str:
