@@ -26,8 +26,8 @@ def read_curves(workdir: str, steps_per_epoch: int | None = None
   if steps_per_epoch is None:
     config = checkpointing.restore_config(workdir)
     steps_per_epoch = input_pipeline.pretrain_steps_per_epoch(config)
-  return {tag: {step / steps_per_epoch: value
-                for step, value in reporting.read_scalars(workdir, tag).items()}
+  scalars = reporting.read_scalars(workdir)
+  return {tag: {step / steps_per_epoch: value for step, value in scalars.get(tag, {}).items()}
           for tag in TAGS}
 
 

@@ -1,5 +1,6 @@
 """Progress lines, TensorBoard summaries, and the collapse and non-finite monitors."""
 
+import collections
 import contextlib
 import glob
 import logging as std_logging
@@ -37,15 +38,16 @@ def _events(path: str):
     yield event_pb2.Event.FromString(record.numpy())
 
 
-def read_scalars(workdir: str, tag: str) -> dict[int, float]:
-  """{step: value} of a scalar summary in `workdir`; later event files (a resumed run) win."""
-  values = {}
+def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} of the scalar summaries in `workdir`, read in one pass; later
+  event files (a resumed run) win."""
+  values = collections.defaultdict(dict)
   for path in _event_files(workdir):
     for event in _events(path):
       for value in event.summary.value:
-        if value.tag == tag:
-          values[event.step] = float(tf.make_ndarray(value.tensor))
-  return values
+        if value.metadata.plugin_data.plugin_name == 'scalars':
+          values[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
+  return dict(values)
 
 
 def summary_seconds(workdir: str) -> float:

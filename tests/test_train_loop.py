@@ -43,7 +43,7 @@ def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_pa
   reference = tmp_path / 'uninterrupted'
   result = run_main(*args, f'--workdir={reference}')
   assert result.returncode == 0, result.stderr[-3000:]
-  reference_losses = read_scalars(reference, 'loss')
+  reference_losses = read_scalars(reference)['loss']
   assert sorted(reference_losses) == list(range(1, 81))
 
   interrupted = tmp_path / 'interrupted'
@@ -58,7 +58,7 @@ def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_pa
   assert result.returncode == 0, result.stderr[-3000:]
   resumed_from = steps_at_kill[-1]
   assert f'Resumed from the checkpoint of step {resumed_from}' in result.stderr
-  resumed_losses = read_scalars(interrupted, 'loss')
+  resumed_losses = read_scalars(interrupted)['loss']
   assert max(resumed_losses) == 80
   for step in range(resumed_from + 1, 81):
     assert resumed_losses[step] == pytest.approx(reference_losses[step], rel=1e-5, abs=1e-6), step
