@@ -7,6 +7,11 @@ import jax.numpy as jnp
 _NORM_EPS = 1e-8
 
 
+def at_least_float32(x):
+  """bfloat16 outputs are compared in float32; float64 (the parity tests) stays float64."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def l2_normalize(x, axis: int = -1):
   norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
   return x / jnp.maximum(norm, _NORM_EPS)
@@ -14,15 +19,14 @@ def l2_normalize(x, axis: int = -1):
 
 def negative_cosine(p, z):
   """D(p, z) = -cos(p, z), averaged over the batch."""
-  cosine = jnp.sum(l2_normalize(p.astype(jnp.float32)) * l2_normalize(z.astype(jnp.float32)),
-                   axis=-1)
+  cosine = jnp.sum(l2_normalize(at_least_float32(p)) * l2_normalize(at_least_float32(z)), axis=-1)
   return -jnp.mean(cosine)
 
 
 def cross_entropy_similarity(p, z):
   """D(p, z) = -softmax(z) . log softmax(p) over channels, averaged (paper Sec. 4.5)."""
-  log_p = jax.nn.log_softmax(p.astype(jnp.float32), axis=-1)
-  return -jnp.mean(jnp.sum(jax.nn.softmax(z.astype(jnp.float32), axis=-1) * log_p, axis=-1))
+  log_p = jax.nn.log_softmax(at_least_float32(p), axis=-1)
+  return -jnp.mean(jnp.sum(jax.nn.softmax(at_least_float32(z), axis=-1) * log_p, axis=-1))
 
 
 SIMILARITIES = {'cosine': negative_cosine, 'cross_entropy': cross_entropy_similarity}

@@ -3,12 +3,15 @@
 Where BatchNorm goes is a switch for the paper's Table 3: `HEAD_BATCH_NORM` maps each
 setting to (BN on hidden layers, on the projector output, on the predictor output).
 A linear layer followed by BN has no bias (BN's shift replaces it); one without has a bias.
+Linear layers start from torch.nn.Linear's default initialisation, as in the official code.
 """
 
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from simsiam_jax.models import layers
 
 HEAD_BATCH_NORM = {
     'none': (False, False, False),
@@ -19,10 +22,10 @@ HEAD_BATCH_NORM = {
 
 
 def _linear_bn(x, features: int, *, batch_norm: bool, train: bool, dtype: Any, affine=True):
-  x = nn.Dense(features, use_bias=not batch_norm, dtype=dtype)(x)
+  x = layers.torch_dense(x, features, use_bias=not batch_norm, dtype=dtype)
   if batch_norm:
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                     use_scale=affine, use_bias=affine)(x)
+    x = layers.BatchNorm(use_running_average=not train, dtype=dtype, use_scale=affine,
+                         use_bias=affine)(x)
   return x
 
 

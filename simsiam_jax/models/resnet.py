@@ -1,9 +1,12 @@
 """ResNet v1.5 backbones (torchvision layout) without the classifier.
 
-Matches torchvision's `resnet*` parameter for parameter: stride on the 3x3 conv of the
-bottleneck (v1.5), bias-free convolutions, BatchNorm with eps 1e-5 and PyTorch momentum 0.1,
-He (fan-out) initialisation, and the last BatchNorm scale of every residual branch set to
-zero (`zero_init_residual=True`, as the official SimSiam code builds its encoder).
+Matches torchvision's `resnet*` parameter for parameter and output for output: stride on the
+3x3 conv of the bottleneck (v1.5), bias-free convolutions padded (k - 1) / 2 on every side as
+torch pads them (XLA's 'SAME' pads a strided 3x3 by (0, 1) on even inputs, which shifts the
+sampling grid by a pixel), BatchNorm with torch's semantics (`layers.BatchNorm`: eps 1e-5,
+momentum 0.1, unbiased running variance), He (fan-out) initialisation, and the last
+BatchNorm scale of every residual branch set to zero (`zero_init_residual=True`, as the
+official SimSiam code builds its encoder). `models/torchvision_format.py` maps the names.
 """
 
 import functools
@@ -12,9 +15,19 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from simsiam_jax.models import layers
+
 ModuleDef = Any
 
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def TorchConv(features: int, kernel_size, strides=1, *, dtype: Any = jnp.float32,
+              name: str | None = None) -> nn.Conv:  # pylint: disable=invalid-name
+  """torch.nn.Conv2d(bias=False, padding=(k - 1) // 2) with torchvision's initialisation."""
+  padding = [((k - 1) // 2, (k - 1) // 2) for k in kernel_size]
+  return nn.Conv(features, kernel_size, strides, padding=padding, use_bias=False, dtype=dtype,
+                 kernel_init=conv_kernel_init, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -76,15 +89,13 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', dtype=self.dtype,
-                             kernel_init=conv_kernel_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    conv = functools.partial(TorchConv, dtype=self.dtype)
+    norm = functools.partial(layers.BatchNorm, use_running_average=not train, dtype=self.dtype)
     if self.cifar_stem:
       x = conv(self.width, (3, 3), name='stem_conv')(x)
       x = nn.relu(norm(name='stem_norm')(x))
     else:
-      x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name='stem_conv')(x)
+      x = conv(self.width, (7, 7), (2, 2), name='stem_conv')(x)
       x = nn.relu(norm(name='stem_norm')(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(self.stage_sizes):
@@ -94,7 +105,7 @@ class ResNet(nn.Module):
     return jnp.mean(x, axis=(1, 2))
 
 
-_ARCHITECTURES: dict[str, tuple[Sequence[int], Callable]] = {
+ARCHITECTURES: dict[str, tuple[Sequence[int], Callable]] = {
     'resnet18': ((2, 2, 2, 2), BasicBlock),
     'resnet34': ((3, 4, 6, 3), BasicBlock),
     'resnet50': ((3, 4, 6, 3), Bottleneck),
@@ -102,13 +113,13 @@ _ARCHITECTURES: dict[str, tuple[Sequence[int], Callable]] = {
     'resnet152': ((3, 8, 36, 3), Bottleneck),
 }
 
-BACKBONE_NAMES = tuple(_ARCHITECTURES)
+BACKBONE_NAMES = tuple(ARCHITECTURES)
 
 
 def create_backbone(name: str, *, width: int = 64, cifar_stem: bool = False,
                     dtype: Any = jnp.float32) -> ResNet:
-  if name not in _ARCHITECTURES:
+  if name not in ARCHITECTURES:
     raise ValueError(f'unknown backbone {name!r}; choose one of {", ".join(BACKBONE_NAMES)}')
-  stage_sizes, block_cls = _ARCHITECTURES[name]
+  stage_sizes, block_cls = ARCHITECTURES[name]
   return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, width=width,
                 cifar_stem=cifar_stem, dtype=dtype)
