@@ -98,10 +98,15 @@ def get_linear_config() -> ml_collections.ConfigDict:
   linear.cached_features = False
   linear.batch_size = 4096
   linear.num_epochs = 90
-  # lr = base_lr * batch_size / 256, cosine-decayed.
+  # lr = base_lr * batch_size / 256, cosine-decayed ('cosine' or 'cosine_per_epoch', the
+  # official main_lincls.py), LARC on every parameter (trust 0.001, eps 1e-8, no clipping).
   linear.base_lr = 0.1
+  linear.lr_schedule = 'cosine'
   linear.momentum = 0.9
   linear.weight_decay = 0.0
+  # Top-1/top-5 on data.eval_split every this many epochs (0: only at the end) and at the
+  # end; linear_eval.json reports the last and the best, as main_lincls.py's best_acc1.
+  linear.eval_every_epochs = 1
   linear.crop_scale = (0.08, 1.0)
   linear.log_every_steps = 50
   return linear
@@ -123,8 +128,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Global batch over all devices and hosts.
   config.batch_size = 512
   config.num_epochs = 100
-  # Encoder lr = base_lr * batch_size / 256, cosine-decayed per step after warmup.
+  # Encoder lr = base_lr * batch_size / 256, cosine-decayed after warmup: 'cosine' every
+  # step, or 'cosine_per_epoch' once per epoch as the official code does.
   config.base_lr = 0.05
+  config.lr_schedule = 'cosine'
   config.warmup_epochs = 0
   config.momentum = 0.9
   config.weight_decay = 1e-4

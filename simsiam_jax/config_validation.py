@@ -8,7 +8,7 @@ import os
 
 import ml_collections
 
-from simsiam_jax import losses
+from simsiam_jax import losses, optimizer
 from simsiam_jax.models import heads, resnet, simsiam
 
 
@@ -60,7 +60,8 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
   for field, choices in (('model.predictor', simsiam.PREDICTORS),
                          ('model.head_batch_norm', tuple(heads.HEAD_BATCH_NORM)),
                          ('similarity', tuple(losses.SIMILARITIES)),
-                         ('loss_symmetry', losses.SYMMETRIES)):
+                         ('loss_symmetry', losses.SYMMETRIES),
+                         ('lr_schedule', optimizer.LR_SCHEDULES)):
     _require(_get(config, field) in choices, f'config.{field}', _get(config, field),
              f'choose one of {", ".join(choices)}')
   _require(config.weight_decay >= 0, 'config.weight_decay', config.weight_decay,
@@ -88,6 +89,10 @@ def validate_linear_config(config: ml_collections.ConfigDict, *, device_count: i
                 'linear.log_every_steps', 'data.image_size'):
     _require_positive(config, field)
   _require_known_model(config)
+  _require(config.linear.lr_schedule in optimizer.LR_SCHEDULES, 'config.linear.lr_schedule',
+           config.linear.lr_schedule, f'choose one of {", ".join(optimizer.LR_SCHEDULES)}')
+  _require(config.linear.eval_every_epochs >= 0, 'config.linear.eval_every_epochs',
+           config.linear.eval_every_epochs, 'must be >= 0 (0: only at the end)')
   for batch_field in ('batch_size', 'linear.batch_size'):
     _require_divisible(config, batch_field, device_count, process_count)
 

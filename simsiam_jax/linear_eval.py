@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import flax.linen as nn
 import jax
@@ -26,8 +26,8 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from simsiam_jax import checkpointing, config_validation, features, input_pipeline, reporting
-from simsiam_jax import sharding
+from simsiam_jax import checkpointing, config_validation, features, input_pipeline, optimizer
+from simsiam_jax import reporting, sharding
 
 
 class LinearClassifier(nn.Module):
@@ -40,18 +40,21 @@ class LinearClassifier(nn.Module):
                     bias_init=nn.initializers.zeros)(x)
 
 
-def _is_weight_matrix(params):
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+def learning_rate_schedule(linear_config: ml_collections.ConfigDict,
+                           steps_per_epoch: int) -> optax.Schedule:
+  """lr = base_lr * batch / 256, cosine-decayed per step or per epoch (main_lincls.py)."""
+  return optimizer.cosine_decay(linear_config.base_lr * linear_config.batch_size / 256,
+                                num_epochs=linear_config.num_epochs,
+                                steps_per_epoch=steps_per_epoch,
+                                per_epoch=linear_config.lr_schedule == 'cosine_per_epoch')
 
 
 def create_optimizer(linear_config: ml_collections.ConfigDict,
                      steps_per_epoch: int) -> optax.GradientTransformation:
-  """LARS (trust coefficient 0.001, bias excluded), lr = base_lr * batch / 256, cosine."""
-  init_lr = linear_config.base_lr * linear_config.batch_size / 256
-  schedule = optax.cosine_decay_schedule(init_lr, linear_config.num_epochs * steps_per_epoch)
-  return optax.lars(schedule, weight_decay=linear_config.weight_decay,
-                    weight_decay_mask=_is_weight_matrix, trust_coefficient=0.001, eps=0.0,
-                    trust_ratio_mask=_is_weight_matrix, momentum=linear_config.momentum)
+  """The official recipe: LARC(SGD) with trust coefficient 0.001 on weight and bias."""
+  return optimizer.larc_sgd(learning_rate_schedule(linear_config, steps_per_epoch),
+                            momentum=linear_config.momentum,
+                            weight_decay=linear_config.weight_decay)
 
 
 def _valid(labels):
@@ -80,16 +83,16 @@ def count_correct(params, apply_fn, batch_features, labels):
                     jnp.sum(_valid(labels))])
 
 
-def evaluate(state, feature_fn: Callable, backbone, batches, mesh: Mesh) -> dict[str, float]:
-  """Top-1 / top-5 accuracy (in percent) of the classifier on un-augmented batches."""
+def evaluate(state, feature_batches: Iterable[tuple[jax.Array, jax.Array]]) -> dict[str, float]:
+  """Top-1 / top-5 accuracy (in percent) of the classifier on (features, labels) batches of
+  the whole validation split; padding (label -1) does not count."""
   correct_fn = jax.jit(functools.partial(count_correct, apply_fn=state.apply_fn))
   counts = 0
-  for local_batch in batches:
-    batch_features, labels = feature_fn(backbone,
-                                        sharding.global_batch_from_local(local_batch, mesh))
+  for batch_features, labels in feature_batches:
     counts += correct_fn(state.params, batch_features=batch_features, labels=labels)
   top1, top5, total = (int(c) for c in jax.device_get(counts))
-  return {'top1': 100.0 * top1 / max(total, 1), 'top5': 100.0 * top5 / max(total, 1)}
+  return {'top1': 100.0 * top1 / max(total, 1), 'top5': 100.0 * top5 / max(total, 1),
+          'num_examples': total}
 
 
 def _steps_per_epoch(config: ml_collections.ConfigDict) -> int:
@@ -164,9 +167,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sharding.replicated(mesh))
   step_fn = jax.jit(classifier_step, donate_argnums=0)
 
+  _, eval_batches = input_pipeline.create_eval_iterators(config)
+  if config.linear.cached_features:  # Extracted once, like the training features.
+    cached_eval = list(features.feature_batches(feature_fn, backbone, eval_batches(), mesh))
+    eval_features = lambda: cached_eval
+  else:
+    eval_features = lambda: features.feature_batches(feature_fn, backbone, eval_batches(), mesh)
+  every = config.linear.eval_every_epochs * steps_per_epoch
+
   logging.info('Linear evaluation (%s) of %s: %d steps (%d per epoch), batch %d.', mode,
                config.pretrained_workdir, total_steps, steps_per_epoch, config.linear.batch_size)
   started = time.perf_counter()
+  history = {}  # epoch -> top-1/top-5
   for step in range(1, total_steps + 1):
     batch_features, labels = next(train_batches)
     state, loss = step_fn(state, batch_features, labels)
@@ -178,15 +190,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info('linear eval (%s) step %d/%d loss %.4f | %.2f steps/s, ETA %.0fs', mode,
                    step, total_steps, loss, rate, (total_steps - step) / rate)
       writer.write_scalars(step, {'linear/train_loss': loss})
-
-  _, eval_batches = input_pipeline.create_eval_iterators(config)
-  result = evaluate(state, feature_fn, backbone, eval_batches(), mesh)
-  logging.info('Linear evaluation (%s): top-1 %.2f%%, top-5 %.2f%% on %s.', mode,
-               result['top1'], result['top5'], config.data.eval_split)
-  writer.write_scalars(total_steps, {'linear/top1': result['top1'], 'linear/top5': result['top5']})
+    if step == total_steps or (every and step % every == 0):
+      epoch = step / steps_per_epoch
+      history[epoch] = evaluate(state, eval_features())
+      logging.info('Linear evaluation (%s) at epoch %g: top-1 %.2f%%, top-5 %.2f%% on %d '
+                   'images of %s.', mode, epoch, history[epoch]['top1'], history[epoch]['top5'],
+                   history[epoch]['num_examples'], config.data.eval_split)
+      writer.write_scalars(step, {'linear/top1': history[epoch]['top1'],
+                                  'linear/top5': history[epoch]['top5']})
   writer.flush()
+  last_epoch = max(history)
+  best_epoch = max(history, key=lambda e: history[e]['top1'])
+  result = {'mode': mode, 'top1': history[last_epoch]['top1'],
+            'top5': history[last_epoch]['top5'], 'best_top1': history[best_epoch]['top1'],
+            'best_epoch': best_epoch, 'num_examples': history[last_epoch]['num_examples']}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'linear_eval.json'), 'w') as f:
-      json.dump({'mode': mode, 'pretrained_workdir': config.pretrained_workdir,
-                 'eval_split': config.data.eval_split, **result}, f, indent=2)
-  return {'mode': mode, **result}
+      json.dump({'pretrained_workdir': config.pretrained_workdir,
+                 'eval_split': config.data.eval_split, **result,
+                 'history': {str(e): h for e, h in history.items()}}, f, indent=2)
+  return result
