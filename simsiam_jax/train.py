@@ -17,30 +17,36 @@ from simsiam_jax.models import create_model
 from simsiam_jax.train_state import TrainState, compute_dtype, create_train_state
 
 
-def train_step(state: TrainState, batch, *, config: ml_collections.ConfigDict,
-               lr_schedule: optax.Schedule):
-  """One SGD step on a global batch of uint8 view pairs; returns the new state and metrics.
+def normalized_view_pairs(batch, config: ml_collections.ConfigDict) -> list[tuple]:
+  """[(view1, view2), ...] of a batch of uint8 views, normalised on the device.
 
   The batch holds 'view1', 'view2' (and 'view3', 'view4' for two pairs per image).
   """
   normalize = functools.partial(preprocess.normalize_images, mean=config.data.mean,
                                 std=config.data.std, dtype=compute_dtype(config))
-  pairs = [(normalize(batch[f'view{2 * i + 1}']), normalize(batch[f'view{2 * i + 2}']))
-           for i in range(losses.num_view_pairs(config.loss_symmetry))]
+  return [(normalize(batch[f'view{2 * i + 1}']), normalize(batch[f'view{2 * i + 2}']))
+          for i in range(losses.num_view_pairs(config.loss_symmetry))]
 
-  def loss_fn(params):
-    batch_stats, outputs = state.batch_stats, []
-    for view1, view2 in pairs:
-      pair_outputs, mutated = state.apply_fn({'params': params, 'batch_stats': batch_stats},
-                                             view1, view2, train=True, mutable=['batch_stats'])
-      batch_stats = mutated['batch_stats']
-      outputs.append(pair_outputs)
-    loss = losses.simsiam_loss(outputs, symmetric=config.loss_symmetry == 'symmetric',
-                               stop_gradient=config.stop_gradient,
-                               similarity=config.similarity)
-    return loss, (outputs, batch_stats)
 
-  (loss, (outputs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+def loss_fn(params, batch_stats, apply_fn, pairs, config: ml_collections.ConfigDict):
+  """(loss, (per-pair outputs, new batch_stats)) of the model in train mode on view pairs."""
+  outputs = []
+  for view1, view2 in pairs:
+    pair_outputs, mutated = apply_fn({'params': params, 'batch_stats': batch_stats},
+                                     view1, view2, train=True, mutable=['batch_stats'])
+    batch_stats = mutated['batch_stats']
+    outputs.append(pair_outputs)
+  loss = losses.simsiam_loss(outputs, symmetric=config.loss_symmetry == 'symmetric',
+                             stop_gradient=config.stop_gradient, similarity=config.similarity)
+  return loss, (outputs, batch_stats)
+
+
+def train_step(state: TrainState, batch, *, config: ml_collections.ConfigDict,
+               lr_schedule: optax.Schedule):
+  """One SGD step on a global batch of uint8 view pairs; returns the new state and metrics."""
+  pairs = normalized_view_pairs(batch, config)
+  (loss, (outputs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, state.batch_stats, state.apply_fn, pairs, config)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
 
   def mean_std(name):
