@@ -17,6 +17,7 @@ from clu import metric_writers
 from tensorflow.core.util import event_pb2
 
 from simsiam_jax import checkpointing, config_validation, datasets
+from simsiam_jax.models import torchvision_format
 
 
 def create_summary_writer(workdir: str) -> metric_writers.MetricWriter:
@@ -79,8 +80,8 @@ def exit_on_error():
   loss) as one with status 1, never as a traceback."""
   try:
     yield
-  except (config_validation.ConfigError, datasets.DataError,
-          checkpointing.CheckpointError) as e:
+  except (config_validation.ConfigError, datasets.DataError, checkpointing.CheckpointError,
+          torchvision_format.TorchFormatError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except checkpointing.NonFiniteLossError as e:
