@@ -8,7 +8,7 @@ facebookresearch/simsiam main_simsiam.py. The torch side runs in a subprocess wi
 another interpreter, since torch lives in its own virtualenv.
 
   /work/venv/bin/python benchmarks/input_pipeline.py \
-      --torch_python=/work/venv-torch/bin/python
+      --torch_python=/work/venv-torch/bin/python [--antialias=0 --dct_method=INTEGER_FAST]
 
 Note the official pipeline also normalizes to float32 on the host (ToTensor, Normalize);
 ours ships uint8 and normalizes on the device, which is part of the design being measured.
@@ -71,6 +71,8 @@ def tf_images_per_s(args):
   config.data.root = args.root
   config.data.image_size = IMAGE_SIZE
   config.data.host_threads = args.cores
+  config.data.resize_antialias = bool(args.antialias)
+  config.data.jpeg_dct_method = args.dct_method
   config.batch_size = args.batch_size
   batches = input_pipeline.create_pretrain_iterator(config, process_index=0,
                                                     process_count=1)
@@ -140,6 +142,10 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--side', choices=['both', 'tf', 'torch'], default='both')
   parser.add_argument('--root', help='the 224px folder (made here when --side=both)')
+  parser.add_argument('--antialias', type=int, default=1,
+                      help='config.data.resize_antialias of our side (1 or 0)')
+  parser.add_argument('--dct_method', default='INTEGER_ACCURATE',
+                      help='config.data.jpeg_dct_method of our side')
   args = parser.parse_args()
 
   if args.side != 'both':
@@ -151,7 +157,8 @@ def main():
     command = [sys.executable if side == 'tf' else args.torch_python, __file__,
                f'--side={side}', f'--root={args.root}', f'--cores={args.cores}',
                f'--batch_size={args.batch_size}', f'--warmup={args.warmup}',
-               f'--steps={args.steps}']
+               f'--steps={args.steps}', f'--antialias={args.antialias}',
+               f'--dct_method={args.dct_method}']
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -166,7 +173,8 @@ def main():
   best = {side: {k: max(r[k] for r in rs) for k in ('wall', 'cpu')}
           for side, rs in runs.items()}
   print(f'{args.cores} cores, {args.batch_size}-image batches, {IMAGE_SIZE}px JPEGs, '
-        f'two views per image, best of {args.repeats}')
+        f'two views per image, best of {args.repeats}; ours with antialias={args.antialias}, '
+        f'dct_method={args.dct_method}')
   print('                        images/s/core (wall / cores)   images per CPU second')
   for side, name in (('tf', 'tf.data (ours)'), ('torch', 'torchvision (official)')):
     print(f'{name:24s}{best[side]["wall"] / args.cores:12.1f}{best[side]["cpu"]:30.1f}')

@@ -46,13 +46,20 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.synthetic_train_examples = 2048
   data.synthetic_eval_examples = 512
   data.image_size = 224
-  # Shuffle buffer of the TFDS source; the folder and synthetic sources permute fully.
+  # Shuffle buffer of the TFDS source, after its files are permuted (every epoch anew); the
+  # folder and synthetic sources permute the examples.
   data.shuffle_buffer = 16_384
   # Folder source: read every file's header once at startup to skip non-images.
   data.validate_files = True
   # Evaluation view: central crop of this fraction of the shorter side (224 of 256),
   # resized to image_size; 1.0 for small images such as CIFAR's.
   data.eval_crop_fraction = 0.875
+  # JPEGs decoded with the accurate integer IDCT, as PIL (torchvision) does; 'INTEGER_FAST'
+  # differs from PIL by a few levels and saves about 2%. True shrinks crops with an
+  # antialiased (area-weighted) bilinear filter as PIL does, at a quarter of the pipeline's
+  # throughput (BENCHMARKS.md); False resizes bilinearly from the nearest pixels.
+  data.jpeg_dct_method = 'INTEGER_ACCURATE'
+  data.resize_antialias = False
   # Threads of the tf.data private thread pool; 0: one per CPU core.
   data.host_threads = 0
   # Normalization happens on the device; the host ships uint8.
@@ -101,7 +108,7 @@ def get_linear_config() -> ml_collections.ConfigDict:
   # lr = base_lr * batch_size / 256, cosine-decayed ('cosine' or 'cosine_per_epoch', the
   # official main_lincls.py), LARC on every parameter (trust 0.001, eps 1e-8, no clipping).
   linear.base_lr = 0.1
-  linear.lr_schedule = 'cosine'
+  linear.lr_schedule = 'cosine_per_epoch'
   linear.momentum = 0.9
   linear.weight_decay = 0.0
   # Top-1/top-5 on data.eval_split every this many epochs (0: only at the end) and at the
@@ -128,10 +135,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Global batch over all devices and hosts.
   config.batch_size = 512
   config.num_epochs = 100
-  # Encoder lr = base_lr * batch_size / 256, cosine-decayed after warmup: 'cosine' every
-  # step, or 'cosine_per_epoch' once per epoch as the official code does.
+  # Encoder lr = base_lr * batch_size / 256, cosine-decayed after warmup: once per epoch as
+  # the official code does ('cosine_per_epoch'), or every step ('cosine').
   config.base_lr = 0.05
-  config.lr_schedule = 'cosine'
+  config.lr_schedule = 'cosine_per_epoch'
   config.warmup_epochs = 0
   config.momentum = 0.9
   config.weight_decay = 1e-4

@@ -15,12 +15,26 @@ central-crop fallback; ColorJitter multiplies (brightness), blends with the gray
 uses the ITU-R 601-2 luma weights.
 """
 
+import dataclasses
 import math
 from typing import Sequence
 
 import tensorflow as tf
 
 _CROP_ATTEMPTS = 10
+JPEG_DCT_METHODS = ('INTEGER_ACCURATE', 'INTEGER_FAST')
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+  """How pixels are decoded and resized (config.data.resize_antialias, jpeg_dct_method).
+
+  PIL, which torchvision uses, decodes JPEGs with libjpeg's accurate integer IDCT (free here:
+  the default) and shrinks crops with an antialiased (area-weighted) bilinear filter, which
+  costs a quarter of the pipeline's throughput (BENCHMARKS.md) and is off by default.
+  """
+  antialias: bool = False
+  dct_method: str = 'INTEGER_ACCURATE'
 
 
 def uniform(seed, shape=(), minval=0.0, maxval=1.0):
@@ -70,7 +84,7 @@ def center_crop_window(image_shape, crop_fraction: float):
   return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
 
 
-def decode_windows(image, windows_fn):
+def decode_windows(image, windows_fn, decoding: Decoding = Decoding()):
   """Decodes `image` once and returns (pixels, windows relative to those pixels).
 
   `image` is encoded bytes (JPEG, PNG, ...) or uint8 pixels [H, W, 3]; `windows_fn` maps
@@ -87,7 +101,8 @@ def decode_windows(image, windows_fn):
     union = tf.concat([top_left, bottom_right - top_left], axis=0)
     # A truncated JPEG decodes with its missing rows gray instead of failing mid-epoch.
     pixels = tf.io.decode_and_crop_jpeg(
-        image, union, channels=3, try_recover_truncated=True, acceptable_fraction=0.0)
+        image, union, channels=3, try_recover_truncated=True, acceptable_fraction=0.0,
+        dct_method=decoding.dct_method)
     return pixels, windows - tf.concat([top_left, [0, 0]], axis=0)
 
   def decode_other():
@@ -98,12 +113,14 @@ def decode_windows(image, windows_fn):
   return tf.cond(tf.io.is_jpeg(image), decode_jpeg_union, decode_other)
 
 
-def crop_and_resize(pixels, windows, size: int):
-  """Each window [y, x, h, w] of uint8 `pixels`, resized (bilinear) to size x size.
+def crop_and_resize(pixels, windows, size: int, antialias: bool = False):
+  """Each window [y, x, h, w] of uint8 `pixels`, resized (bilinear) to size x size; with
+  `antialias`, a shrunk window is filtered over its whole footprint, as PIL does.
 
   Returns float32 [k, size, size, 3] in [0, 1] for the k windows.
   """
-  crops = [tf.image.resize(tf.slice(pixels, [y, x, 0], [h, w, 3]), [size, size])
+  crops = [tf.image.resize(tf.slice(pixels, [y, x, 0], [h, w, 3]), [size, size],
+                           antialias=antialias)
            for y, x, h, w in map(tf.unstack, tf.unstack(windows))]
   return tf.stack(crops) / 255.0
 
@@ -235,7 +252,7 @@ def augment_view(image, seed, aug, image_size: int):
   return random_flip(to_uint8(image), flip_seed, aug.flip_prob)
 
 
-def two_views(image, seed, aug, image_size: int):
+def two_views(image, seed, aug, image_size: int, decoding: Decoding = Decoding()):
   """Two independently augmented uint8 views [image_size, image_size, 3] of one image.
 
   The image is decoded once; both crops are cut from it.
@@ -244,25 +261,26 @@ def two_views(image, seed, aug, image_size: int):
       tf.random.experimental.stateless_split(seed, 3))
   pixels, windows = decode_windows(
       image, lambda shape: random_resized_crop_windows(shape, crop_seed, 2, aug.crop_scale,
-                                                       aug.crop_ratio))
-  crops = crop_and_resize(pixels, windows, image_size)
+                                                       aug.crop_ratio), decoding)
+  crops = crop_and_resize(pixels, windows, image_size, decoding.antialias)
   return (augment_view(crops[0], view1_seed, aug, image_size),
           augment_view(crops[1], view2_seed, aug, image_size))
 
 
 def crop_and_flip_view(image, seed, crop_scale: Sequence[float], crop_ratio: Sequence[float],
-                       image_size: int, flip_prob: float = 0.5):
+                       image_size: int, flip_prob: float = 0.5,
+                       decoding: Decoding = Decoding()):
   """The linear-evaluation training view: RandomResizedCrop and horizontal flip, uint8."""
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   pixels, windows = decode_windows(
       image, lambda shape: random_resized_crop_windows(shape, crop_seed, 1, crop_scale,
-                                                       crop_ratio))
-  return random_flip(to_uint8(crop_and_resize(pixels, windows, image_size)[0]), flip_seed,
-                     flip_prob)
+                                                       crop_ratio), decoding)
+  view = crop_and_resize(pixels, windows, image_size, decoding.antialias)[0]
+  return random_flip(to_uint8(view), flip_seed, flip_prob)
 
 
-def center_view(image, image_size: int, crop_fraction: float):
+def center_view(image, image_size: int, crop_fraction: float, decoding: Decoding = Decoding()):
   """The evaluation view: central crop (crop_fraction of the shorter side), resized."""
   pixels, windows = decode_windows(
-      image, lambda shape: center_crop_window(shape, crop_fraction)[None])
-  return to_uint8(crop_and_resize(pixels, windows, image_size)[0])
+      image, lambda shape: center_crop_window(shape, crop_fraction)[None], decoding)
+  return to_uint8(crop_and_resize(pixels, windows, image_size, decoding.antialias)[0])

@@ -8,7 +8,7 @@ import os
 
 import ml_collections
 
-from simsiam_jax import losses, optimizer
+from simsiam_jax import augmentations, losses, optimizer
 from simsiam_jax.models import heads, resnet, simsiam
 
 
@@ -61,7 +61,8 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
                          ('model.head_batch_norm', tuple(heads.HEAD_BATCH_NORM)),
                          ('similarity', tuple(losses.SIMILARITIES)),
                          ('loss_symmetry', losses.SYMMETRIES),
-                         ('lr_schedule', optimizer.LR_SCHEDULES)):
+                         ('lr_schedule', optimizer.LR_SCHEDULES),
+                         ('data.jpeg_dct_method', augmentations.JPEG_DCT_METHODS)):
     _require(_get(config, field) in choices, f'config.{field}', _get(config, field),
              f'choose one of {", ".join(choices)}')
   _require(config.weight_decay >= 0, 'config.weight_decay', config.weight_decay,

@@ -35,13 +35,20 @@ from simsiam_jax.models import create_model, torchvision_format
 from simsiam_jax.train_state import TrainState, compute_dtype, create_train_state
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Workdir whose checkpoints are written (import) or read '
-                    '(export).')
-flags.DEFINE_string('import_torch', None, 'PyTorch checkpoint to import into --workdir.')
-flags.DEFINE_string('export_torchvision', None, 'Write the backbone as a torchvision ResNet '
-                    'state dict (.pth).')
-flags.DEFINE_string('export_detectron2', None, 'Write the backbone in detectron2 format (.pkl).')
-config_flags.DEFINE_config_file('config', None, 'Config describing the model.', lock_config=True)
+
+
+def define_flags():
+  """The command line's flags; defined only when this module runs as the program, since the
+  other tools define --config and --workdir too."""
+  flags.DEFINE_string('workdir', None, 'Workdir whose checkpoints are written (import) or '
+                      'read (export).')
+  flags.DEFINE_string('import_torch', None, 'PyTorch checkpoint to import into --workdir.')
+  flags.DEFINE_string('export_torchvision', None, 'Write the backbone as a torchvision ResNet '
+                      'state dict (.pth).')
+  flags.DEFINE_string('export_detectron2', None, 'Write the backbone in detectron2 format '
+                      '(.pkl).')
+  config_flags.DEFINE_config_file('config', None, 'Config describing the model.',
+                                  lock_config=True)
 
 # Format name -> (prefix of the backbone's torchvision names, whole SimSiam model or not).
 FORMATS = {
@@ -158,7 +165,10 @@ def import_torch(config: ml_collections.ConfigDict, workdir: str, path: str) -> 
     raise config_validation.ConfigError(
         'config.model: the official SimSiam layout needs head_batch_norm=default and '
         f'predictor=mlp, not {config.model.head_batch_norm}/{config.model.predictor}')
-  steps_per_epoch = input_pipeline.pretrain_steps_per_epoch(config)
+  # Only the step of a whole official checkpoint depends on the data (epoch x steps per
+  # epoch); the optimizer state's structure does not, so backbone imports need no dataset.
+  steps_per_epoch = (input_pipeline.pretrain_steps_per_epoch(config)
+                     if whole_model and 'epoch' in rest else 1)
   mesh = sharding.create_mesh()
   state = _initial_train_state(config, steps_per_epoch, mesh)
   variables = {'params': jax.device_get(state.params),
@@ -246,4 +256,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -239,13 +239,23 @@ def tfds_split(name: str, split: str, data_dir, shuffle_buffer: int, field: str)
   label = features['label'] if 'label' in features.keys() else None
   num_classes = label.num_classes if label is not None else 0
 
+  decoders = {'image': tfds.decode.SkipDecoding()}
+  per_epoch_file_order = builder.info.file_format == tfds.core.FileFormat.TFRECORD
+  if not per_epoch_file_order:
+    logging.warning('TFDS dataset %s is stored as %s: its files are read in the same order '
+                    'every epoch, shuffled within a buffer of %d only.', name,
+                    builder.info.file_format, shuffle_buffer)
+
   def keys(process_index, process_count, shuffle_seed=None):
     process_split = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count)
-    # Records stay encoded, so that skipping them is cheap and JPEGs are decoded cropped.
-    records = builder.as_dataset(
-        split=process_split, shuffle_files=False,
-        decoders={'image': tfds.decode.SkipDecoding()})
+    if shuffle_seed is None or not per_epoch_file_order:
+      # Records stay encoded, so that skipping them is cheap and JPEGs are decoded cropped.
+      records = builder.as_dataset(split=process_split, shuffle_files=False, decoders=decoders)
+    else:
+      records = _records_in_shuffled_file_order(
+          builder, process_split, shuffle_seed,
+          lambda record: builder.info.features.deserialize_example(record, decoders=decoders))
     if shuffle_seed is None:
       return records
     seed = tf.random.stateless_uniform([], shuffle_seed, minval=0, maxval=2**62,
@@ -257,3 +267,20 @@ def tfds_split(name: str, split: str, data_dir, shuffle_buffer: int, field: str)
             'label': tf.cast(record['label'], tf.int32) if label is not None else -1}
 
   return Split(num_examples, num_classes, keys, read)
+
+
+def _records_in_shuffled_file_order(builder, split, shuffle_seed, parse) -> tf.data.Dataset:
+  """The split's records with its files in an order drawn from `shuffle_seed` ((seed,
+  epoch) in the pipeline), interleaved 16 at a time: each epoch sees the whole set in a new
+  order (within the shuffle buffer that follows), as the official sampler's permutation
+  does, and the order is a pure function of the seed, so a resumed run reads what an
+  uninterrupted one reads."""
+  files = builder.info.splits[split].file_instructions
+  order = tf.random.experimental.stateless_shuffle(tf.range(len(files), dtype=tf.int64),
+                                                   shuffle_seed)
+  columns = [tf.gather(tf.constant(values, dtype), order) for values, dtype in (
+      ([f.filename for f in files], tf.string), ([f.skip for f in files], tf.int64),
+      ([f.take for f in files], tf.int64))]
+  return tf.data.Dataset.from_tensor_slices(tuple(columns)).interleave(
+      lambda filename, skip, take: tf.data.TFRecordDataset(filename).skip(skip).take(take),
+      cycle_length=min(len(files), 16)).map(parse)  # Sequential, hence deterministic.

@@ -56,6 +56,11 @@ def _options(config) -> tf.data.Options:
   return options
 
 
+def decoding(data_config) -> augmentations.Decoding:
+  return augmentations.Decoding(antialias=data_config.resize_antialias,
+                                dct_method=data_config.jpeg_dct_method)
+
+
 def load_split(config, field: str) -> datasets.Split:
   return datasets.load_split(config.data, field, config.seed)
 
@@ -128,7 +133,8 @@ def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
     for pair in range(num_pairs):
       pair_seed = tf.random.experimental.stateless_fold_in(seed, pair) if pair else seed
       views[f'view{2 * pair + 1}'], views[f'view{2 * pair + 2}'] = augmentations.two_views(
-          example['image'], pair_seed, config.aug, config.data.image_size)
+          example['image'], pair_seed, config.aug, config.data.image_size,
+          decoding(config.data))
     return views
 
   return _augmented_stream(config, load_split(config, 'train_split'), config.batch_size,
@@ -153,7 +159,8 @@ def create_linear_train_iterator(config, *, start_step: int = 0, process_index=N
 
   def labeled_view(example, seed):
     image = augmentations.crop_and_flip_view(example['image'], seed, config.linear.crop_scale,
-                                             config.aug.crop_ratio, config.data.image_size)
+                                             config.aug.crop_ratio, config.data.image_size,
+                                             decoding=decoding(config.data))
     return {'image': image, 'label': tf.cast(example['label'], tf.int32),
             'mask': tf.constant(True)}
 
@@ -173,7 +180,8 @@ def _eval_dataset(config, split: datasets.Split, process_index, process_count):
   def center_view(key):
     example = split.read(key)
     return {'image': augmentations.center_view(example['image'], config.data.image_size,
-                                               config.data.eval_crop_fraction),
+                                               config.data.eval_crop_fraction,
+                                               decoding(config.data)),
             'label': tf.cast(example['label'], tf.int32),
             'mask': tf.constant(True)}
 

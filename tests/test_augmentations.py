@@ -156,7 +156,8 @@ def test_jpeg_union_decode_matches_full_decode():
   pixels, relative = augmentations.decode_windows(jpeg, lambda shape: windows)
   # Only the union [4:60, 2:38] is decoded.
   assert pixels.shape == (56, 36, 3)
-  full = tf.io.decode_jpeg(jpeg).numpy().astype(np.float32)
+  full = tf.io.decode_jpeg(jpeg, dct_method=augmentations.Decoding().dct_method).numpy().astype(
+      np.float32)
   for (y, x, h, w), (ry, rx, _, _) in zip(windows.numpy(), relative.numpy()):
     crop = pixels.numpy()[ry:ry + h, rx:rx + w].astype(np.float32)
     assert np.abs(crop - full[y:y + h, x:x + w]).mean() < 1.0
@@ -195,3 +196,38 @@ def test_center_view_resizes_central_crop():
   np.testing.assert_array_equal(augmentations.center_view(image, 40, 1.0), image)
   cropped = augmentations.center_view(encode(image, 'png'), 20, 0.5)
   np.testing.assert_array_equal(cropped, image[10:30, 10:30])
+
+
+def _pil(array):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return Image.fromarray(np.asarray(array))
+
+
+def test_accurate_idct_decodes_jpegs_as_pil_does():
+  """torchvision decodes with PIL, whose libjpeg uses the accurate integer IDCT."""
+  import io  # pylint: disable=g-import-not-at-top
+  image = np.asarray(tf.cast(colorful_image(64, detail=32) * 255, tf.uint8))
+  buffer = io.BytesIO()
+  _pil(image).save(buffer, format='JPEG', quality=90)
+  jpeg = buffer.getvalue()
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  pil = np.asarray(Image.open(io.BytesIO(jpeg)).convert('RGB')).astype(int)
+  full = lambda shape: tf.constant([[0, 0, 64, 64]])
+  decoded = {method: augmentations.decode_windows(tf.constant(jpeg), full, augmentations.Decoding(
+      dct_method=method))[0].numpy().astype(int) for method in augmentations.JPEG_DCT_METHODS}
+  assert np.abs(decoded['INTEGER_ACCURATE'] - pil).max() <= 1
+  assert np.abs(decoded['INTEGER_FAST'] - pil).sum() > np.abs(
+      decoded['INTEGER_ACCURATE'] - pil).sum()
+  assert augmentations.Decoding().dct_method == 'INTEGER_ACCURATE'  # The default.
+
+
+def test_antialiased_shrinking_is_close_to_pils_bilinear():
+  """PIL's bilinear filter widens with the shrink factor; without antialiasing a 4x shrink
+  samples 4 of every 16 pixels and aliases the fine detail."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  pil = np.asarray(_pil(noise).resize((16, 16), Image.BILINEAR)).astype(np.float32) / 255
+  window = tf.constant([[0, 0, 64, 64]])
+  errors = {antialias: np.abs(augmentations.crop_and_resize(noise, window, 16, antialias)[0]
+                              - pil).mean() for antialias in (True, False)}
+  assert errors[True] < 0.02 < 0.1 < errors[False]

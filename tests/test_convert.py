@@ -26,20 +26,7 @@ def tiny_torch_backbone(config, seed=0):
   """torchvision's ResNet-18 (CIFAR stem) at the tiny config's width, with random BN
   parameters and statistics so that nothing is at its default."""
   torch.manual_seed(seed)
-  model = ref.resnet18(width=config.model.width, cifar_stem=True)
-  _randomize_batch_norm(model)
-  return model
-
-
-def _randomize_batch_norm(model):
-  with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-        module.running_mean.normal_(0, 0.1)
-        module.running_var.uniform_(0.5, 1.5)
-        if module.affine:
-          module.weight.uniform_(0.5, 1.5)
-          module.bias.normal_(0, 0.1)
+  return ref.randomize_batch_norm(ref.resnet18(width=config.model.width, cifar_stem=True))
 
 
 def tiny_official_simsiam(config, seed=0):
@@ -49,8 +36,7 @@ def tiny_official_simsiam(config, seed=0):
                       pred_dim=config.model.predictor_hidden_dim,
                       projector_layers=config.model.projector_layers,
                       projector_hidden_dim=config.model.projector_hidden_dim)
-  _randomize_batch_norm(model)
-  return model
+  return ref.randomize_batch_norm(model)
 
 
 def numpy_state(model, prefix=''):

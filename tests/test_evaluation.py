@@ -53,12 +53,19 @@ def test_linear_eval_reports_accuracy_and_leaves_the_backbone_alone(
   backbone_before = jax.device_get(linear_eval.restore_backbone(config, mesh))
   checkpoints_before = _tree_digest(os.path.join(pretrained_workdir, 'checkpoints'))
 
+  config.data.synthetic_eval_examples = 37  # Not a whole number of batches of 16.
   result = linear_eval.train_and_evaluate(config, str(tmp_path))
 
   assert result['mode'] == mode
   assert 0 <= result['top1'] <= result['top5'] <= 100
+  assert result['num_examples'] == 37  # The last partial batch is padded, not dropped.
   with open(tmp_path / 'linear_eval.json') as f:
-    assert json.load(f)['top1'] == result['top1']
+    report = json.load(f)
+  # Evaluated after every epoch, as main_lincls.py; the best is reported beside the last.
+  assert sorted(report['history']) == ['1.0', '2.0']
+  assert report['top1'] == result['top1'] == report['history']['2.0']['top1']
+  assert result['best_top1'] == max(h['top1'] for h in report['history'].values())
+  assert report['history'][str(result['best_epoch'])]['top1'] == result['best_top1']
   backbone_after = jax.device_get(linear_eval.restore_backbone(config, mesh))
   jax.tree.map(np.testing.assert_array_equal, backbone_before, backbone_after)
   assert _tree_digest(os.path.join(pretrained_workdir, 'checkpoints')) == checkpoints_before

@@ -314,7 +314,9 @@ def tfds_data_dir(tmp_path_factory):
         yield i, {'image': images[i], 'label': labels[i]}
 
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  TinyShapes(data_dir=data_dir).download_and_prepare()
+  # Several files per split, as real datasets have (imagenet2012's train split has 1,024).
+  TinyShapes(data_dir=data_dir).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=4))
   return data_dir
 
 
@@ -343,6 +345,21 @@ def test_tfds_source_shards_resumes_and_pads(config, tfds_data_dir):
   assert sum(seen[0][3:5], []) != first_epoch[0][:8]
   _, test = eval_batches(config, process_index=1, process_count=2)
   assert len(test) == 2 and sum(b['mask'].sum() for b in test) == 5
+
+
+def test_tfds_files_are_reshuffled_every_epoch_and_a_resume_is_exact(config, tfds_data_dir):
+  """Like the official sampler's permutation per epoch: with a shuffle buffer of 1 the order
+  is the order of the files alone, which must change from epoch to epoch."""
+  config = tfds_config(identity_augmentation(config), tfds_data_dir)
+  config.data.shuffle_buffer = 1
+  config.batch_size = 10  # 3 steps per epoch on one process.
+  batches = pretrain_batches(config, 12, process_index=0, process_count=1)
+  epochs = [image_keys(np.concatenate([b['view1'] for b in batches[3 * e:3 * e + 3]]))
+            for e in range(4)]
+  assert all(sorted(epoch) == sorted(epochs[0]) and len(set(epoch)) == 30 for epoch in epochs)
+  assert len({tuple(epoch) for epoch in epochs}) > 1
+  assert_same_batches(batches[4:], pretrain_batches(config, 8, start_step=4, process_index=0,
+                                                    process_count=1))
 
 
 def test_tfds_unknown_split_names_the_field(config, tfds_data_dir):

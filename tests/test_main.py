@@ -20,6 +20,8 @@ def run_main(*args, timeout=600):
     ('--config.base_lr=-0.1', 'config.base_lr'),
     ('--config.num_epochs=0', 'config.num_epochs'),
     ('--workdir=/nonexistent/parent/run', '--workdir'),
+    ('--config.lr_schedule=linear', 'config.lr_schedule'),
+    ('--config.data.jpeg_dct_method=FASTEST', 'config.data.jpeg_dct_method'),
 ])
 def test_bad_input_is_one_clear_error_line(tmp_path, override, field):
   args = ['--config=configs/default.py', f'--workdir={tmp_path / "run"}', override]

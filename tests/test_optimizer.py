@@ -93,3 +93,22 @@ def test_linear_scaling_rule(tiny_config, batch_size, expected):
   tiny_config.base_lr = 0.05
   tiny_config.batch_size = batch_size
   np.testing.assert_allclose(optimizer.initial_learning_rate(tiny_config), expected)
+
+
+def test_cosine_per_epoch_is_the_official_adjust_learning_rate(tiny_config):
+  """main_simsiam.py: lr = init_lr * 0.5 * (1 + cos(pi * epoch / epochs)), set at the start of
+  each epoch; the per-step schedule moves within the epoch instead."""
+  tiny_config.num_epochs = 5
+  steps_per_epoch = 7
+  init_lr = optimizer.initial_learning_rate(tiny_config)
+  tiny_config.lr_schedule = 'cosine_per_epoch'
+  staircase = optimizer.cosine_schedule(tiny_config, steps_per_epoch)
+  tiny_config.lr_schedule = 'cosine'
+  per_step = optimizer.cosine_schedule(tiny_config, steps_per_epoch)
+  for step in range(5 * steps_per_epoch):
+    epoch = step // steps_per_epoch
+    np.testing.assert_allclose(staircase(step),
+                               init_lr * 0.5 * (1 + np.cos(np.pi * epoch / 5)), rtol=1e-6)
+    np.testing.assert_allclose(per_step(step), init_lr * 0.5 * (
+        1 + np.cos(np.pi * step / (5 * steps_per_epoch))), rtol=1e-5, atol=1e-9)
+  assert float(staircase(9)) != float(per_step(9))

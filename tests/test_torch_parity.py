@@ -79,17 +79,7 @@ def make_torch_model(case, seed=0, randomize_batch_norm=True):
   model = ref.SimSiam(backbone, dim=spec['projector_dim'], pred_dim=spec['predictor_hidden_dim'],
                       projector_layers=spec['projector_layers'],
                       projector_hidden_dim=spec['projector_hidden_dim'])
-  if not randomize_batch_norm:
-    return model
-  with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-        module.running_mean.normal_(0, 0.1)
-        module.running_var.uniform_(0.5, 1.5)
-        if module.affine:
-          module.weight.uniform_(0.5, 1.5)
-          module.bias.normal_(0, 0.1)
-  return model
+  return ref.randomize_batch_norm(model) if randomize_batch_norm else model
 
 
 def torch_state(model):
@@ -221,7 +211,7 @@ def test_float64_outputs_statistics_and_gradients_are_the_same_computation(case,
     assert_close(outputs[name], expected.detach().numpy(), tol, name)
   if not train_mode:
     return
-  np.testing.assert_allclose(float(our_loss), float(loss), rtol=tol)
+  np.testing.assert_allclose(float(our_loss), loss.item(), rtol=tol)
   exported = export_stats(config, {'params': variables['params'], 'batch_stats': new_stats},
                           model)
   expected_state = torch_state(model)

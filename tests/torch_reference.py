@@ -232,3 +232,17 @@ class LARC:
     self.optim.step()
     for i, group in enumerate(self.optim.param_groups):
       group['weight_decay'] = weight_decays[i]
+
+
+def randomize_batch_norm(model):
+  """Not official code: random BatchNorm parameters and running statistics, so that no layer
+  is at its default (and no residual branch starts at zero) in a comparison."""
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        module.running_mean.normal_(0, 0.1)
+        module.running_var.uniform_(0.5, 1.5)
+        if module.affine:
+          module.weight.uniform_(0.5, 1.5)
+          module.bias.normal_(0, 0.1)
+  return model
