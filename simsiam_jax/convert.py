@@ -147,6 +147,35 @@ def _with_momentum(opt_state, momentum: dict, step: int):
       x, (optax.TraceState, optax.ScaleByScheduleState)))
 
 
+def _whole_model(state_dict, rest, variables, config, prefix, path):
+  """(variables, momentum tree or None) from an official SimSiam checkpoint."""
+  layers = torchvision_format.simsiam_layers(config.model.name, config.model.projector_layers)
+  # Indexed by the parameters of the unfolded model, the frozen bias included.
+  buffers = (momentum_buffers(state_dict, rest['optimizer'], prefix)
+             if 'optimizer' in rest else None)
+  state_dict = torchvision_format.fold_frozen_projector_bias(
+      state_dict, config.model.projector_layers, prefix)
+  imported = torchvision_format.from_torch(state_dict, variables, layers, prefix=prefix,
+                                           source=path)
+  if buffers is None:
+    return imported, None
+  # A parameter without a buffer (never updated) has momentum 0, as in torch.
+  zeros = {k: np.zeros_like(v) for k, v in state_dict.items() if k.startswith(prefix)}
+  momentum = torchvision_format.from_torch(
+      {**zeros, **buffers}, {'params': variables['params']}, layers, prefix=prefix,
+      source=f'{path} (momentum buffers)')['params']
+  return imported, momentum
+
+
+def _backbone_only(state_dict, variables, config, prefix, path):
+  """`variables` with the backbone replaced by the state dict's."""
+  backbone = {c: variables[c]['backbone'] for c in ('params', 'batch_stats')}
+  imported = torchvision_format.from_torch(
+      state_dict, backbone, torchvision_format.backbone_layers(config.model.name),
+      prefix=prefix, source=path)
+  return {c: {**variables[c], 'backbone': imported[c]} for c in variables}
+
+
 def import_torch(config: ml_collections.ConfigDict, workdir: str, path: str) -> dict[str, Any]:
   """Writes the checkpoint at `path` as step N of `workdir`; returns what was imported."""
   config_validation.validate_workdir(workdir)
@@ -173,30 +202,14 @@ def import_torch(config: ml_collections.ConfigDict, workdir: str, path: str) -> 
   state = _initial_train_state(config, steps_per_epoch, mesh)
   variables = {'params': jax.device_get(state.params),
                'batch_stats': jax.device_get(state.batch_stats)}
-  step, buffers = 0, None
   if whole_model:
-    model_prefix = prefix[:-len('encoder.')]
-    layers = torchvision_format.simsiam_layers(config.model.name, config.model.projector_layers)
-    # Indexed by the parameters of the unfolded model, the frozen bias included.
-    buffers = (momentum_buffers(state_dict, rest['optimizer'], model_prefix)
-               if 'optimizer' in rest else None)
-    state_dict = torchvision_format.fold_frozen_projector_bias(
-        state_dict, config.model.projector_layers, model_prefix)
-    imported = torchvision_format.from_torch(state_dict, variables, layers, prefix=model_prefix,
-                                             source=path)
+    imported, momentum = _whole_model(state_dict, rest, variables, config,
+                                      prefix[:-len('encoder.')], path)
     step = int(rest.get('epoch', 0)) * steps_per_epoch
-    if buffers is not None:
-      zeros = {k: np.zeros_like(v) for k, v in state_dict.items() if k.startswith(model_prefix)}
-      momentum = torchvision_format.from_torch(
-          {**zeros, **buffers}, {'params': variables['params']}, layers, prefix=model_prefix,
-          source=f'{path} (momentum buffers)')['params']
+    if momentum is not None:
       state = state.replace(opt_state=_with_momentum(state.opt_state, momentum, step))
   else:
-    backbone = {c: variables[c]['backbone'] for c in ('params', 'batch_stats')}
-    imported_backbone = torchvision_format.from_torch(
-        state_dict, backbone, torchvision_format.backbone_layers(config.model.name),
-        prefix=prefix, source=path)
-    imported = {c: {**variables[c], 'backbone': imported_backbone[c]} for c in variables}
+    imported, momentum, step = _backbone_only(state_dict, variables, config, prefix, path), None, 0
   replicated = sharding.replicated(mesh)
   state = state.replace(step=jax.device_put(np.int32(step), replicated),
                         params=jax.device_put(imported['params'], replicated),
@@ -205,7 +218,7 @@ def import_torch(config: ml_collections.ConfigDict, workdir: str, path: str) -> 
                                   save_every_steps=config.checkpoint_every_steps) as ckpt:
     ckpt.save(step, state, config, force=True)
   logging.info('Imported %s (%s format%s) as step %d of %s.', path, source,
-               ', momentum buffers included' if whole_model and buffers is not None else '',
+               ', momentum buffers included' if momentum is not None else '',
                step, checkpointing.checkpoint_dir(workdir))
   return {'format': source, 'step': step, 'whole_model': whole_model}
 
