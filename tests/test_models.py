@@ -114,3 +114,18 @@ def test_each_view_is_normalized_with_its_own_batch_statistics(tiny_config):
   np.testing.assert_allclose(outputs['z1'], z1_alone, rtol=1e-5, atol=1e-5)
   assert not np.allclose(outputs['z1'], z1_in_joint_batch[:8], atol=1e-3)
   assert outputs['p1'].shape == outputs['z1'].shape == (8, tiny_config.model.projector_dim)
+
+
+def test_head_linear_layers_start_from_torch_linear_default_init():
+  """torch.nn.Linear: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as the official
+  builder's layers start (flax's default would be lecun_normal and a zero bias)."""
+  fan_in, hidden, out = 256, 512, 1024
+  predictor = heads.Predictor(hidden_dim=hidden, output_dim=out)
+  params = predictor.init(jax.random.key(0), jnp.ones((2, fan_in)), train=False)['params']
+  for name, fan in (('Dense_0', fan_in), ('Dense_1', hidden)):
+    for leaf in params[name].values():
+      bound = 1 / np.sqrt(fan)
+      assert np.abs(leaf).max() <= bound
+      assert np.abs(leaf).max() > 0.98 * bound  # Uniform over the whole interval.
+      np.testing.assert_allclose(np.std(leaf), bound / np.sqrt(3), rtol=0.05)
+  assert sorted(params['Dense_1']) == ['bias', 'kernel']  # The output bias is not zero.
