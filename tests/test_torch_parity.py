@@ -388,7 +388,7 @@ def test_linear_evaluation_steps_match_apex_larc():
     loss.backward()
     larc.step()
     state, our_loss = step_fn(state, jnp.asarray(x), jnp.asarray(y))
-    np.testing.assert_allclose(float(our_loss), float(loss), rtol=1e-5)
+    np.testing.assert_allclose(float(our_loss), loss.item(), rtol=1e-5)
   assert_close(state.params['Dense_0']['kernel'].T, fc.weight.detach().numpy(), 1e-5, 'weight')
   assert_close(state.params['Dense_0']['bias'], fc.bias.detach().numpy(), 1e-5, 'bias')
   # The trust ratio did its work: a plain SGD step would have moved the weight far more.
