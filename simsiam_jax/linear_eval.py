@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import flax.linen as nn
 import jax
