@@ -29,7 +29,7 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import checkpointing, config_validation, input_pipeline, optimizer
+from simsiam_jax import checkpointing, config_validation, features, input_pipeline, optimizer
 from simsiam_jax import reporting, sharding
 from simsiam_jax.models import create_model, torchvision_format
 from simsiam_jax.train_state import TrainState, compute_dtype, create_train_state
@@ -169,7 +169,7 @@ def _whole_model(state_dict, rest, variables, config, prefix, path):
 
 def _backbone_only(state_dict, variables, config, prefix, path):
   """`variables` with the backbone replaced by the state dict's."""
-  backbone = {c: variables[c]['backbone'] for c in ('params', 'batch_stats')}
+  backbone = features.backbone_variables(**variables)
   imported = torchvision_format.from_torch(
       state_dict, backbone, torchvision_format.backbone_layers(config.model.name),
       prefix=prefix, source=path)
@@ -226,7 +226,7 @@ def import_torch(config: ml_collections.ConfigDict, workdir: str, path: str) -> 
 def export_backbone(config: ml_collections.ConfigDict, workdir: str) -> dict[str, np.ndarray]:
   """The backbone of `workdir`'s latest checkpoint as a torchvision ResNet state dict."""
   variables, stored_config = checkpointing.restore_backbone_variables(workdir, config)
-  backbone = {c: variables[c]['backbone'] for c in ('params', 'batch_stats')}
+  backbone = features.backbone_variables(**variables)
   return torchvision_format.to_torch(
       backbone, torchvision_format.backbone_layers(stored_config.model.name))
 

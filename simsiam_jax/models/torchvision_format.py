@@ -26,6 +26,9 @@ class TorchFormatError(ValueError):
 
 
 CONV, BN, LINEAR = 'conv', 'bn', 'linear'
+# A BatchNorm's torch field -> (flax field, collection: parameter or running statistic).
+_BN_FIELDS = {'weight': ('scale', 'params'), 'bias': ('bias', 'params'),
+              'running_mean': ('mean', 'batch_stats'), 'running_var': ('var', 'batch_stats')}
 
 
 def backbone_layers(name: str) -> Iterator[tuple[str, str, str]]:
@@ -89,9 +92,8 @@ def to_torch(variables: dict, layer_list, num_batches_tracked: int = 0) -> dict[
       if f'{flax_path}/bias' in params:
         state[f'{torch_name}.bias'] = np.asarray(params[f'{flax_path}/bias'])
     else:
-      for torch_field, flax_field, tree in (('weight', 'scale', params), ('bias', 'bias', params),
-                                            ('running_mean', 'mean', stats),
-                                            ('running_var', 'var', stats)):
+      for torch_field, (flax_field, collection) in _BN_FIELDS.items():
+        tree = params if collection == 'params' else stats
         if f'{flax_path}/{flax_field}' in tree:
           state[f'{torch_name}.{torch_field}'] = np.asarray(tree[f'{flax_path}/{flax_field}'])
       if f'{flax_path}/mean' in stats:
@@ -137,9 +139,8 @@ def from_torch(state: dict[str, np.ndarray], template: dict, layer_list, *,
         new_params[f'{flax_path}/bias'] = take(f'{torch_name}.bias',
                                                params[f'{flax_path}/bias'].shape)
     else:
-      for torch_field, flax_field, tree, new_tree in (
-          ('weight', 'scale', params, new_params), ('bias', 'bias', params, new_params),
-          ('running_mean', 'mean', stats, new_stats), ('running_var', 'var', stats, new_stats)):
+      for torch_field, (flax_field, collection) in _BN_FIELDS.items():
+        tree, new_tree = (params, new_params) if collection == 'params' else (stats, new_stats)
         if f'{flax_path}/{flax_field}' in tree:
           new_tree[f'{flax_path}/{flax_field}'] = take(f'{torch_name}.{torch_field}',
                                                        tree[f'{flax_path}/{flax_field}'].shape)
