@@ -109,10 +109,9 @@ def collect_results(base: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   reporting.quiet_library_logs()
   with reporting.exit_on_error():
+    reporting.check_no_arguments(argv)
     config_validation.validate_workdir(FLAGS.workdir)
     run_variants(FLAGS.config, FLAGS.workdir, FLAGS.variants)
     results = collect_results(FLAGS.config, FLAGS.workdir)
@@ -124,4 +123,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=reporting.parse_flags)

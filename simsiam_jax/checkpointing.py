@@ -159,15 +159,38 @@ class Checkpointer:
       self._lock_path = None
 
 
+def _restore_stored_config(manager: ocp.CheckpointManager):
+  """(step, {CONFIG: json}, unreadable steps) of the newest readable checkpoint, or None."""
+
+  def restore_json(step):
+    return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
+
+  return _restore_newest_readable(manager, restore_json)
+
+
 def restore_config(workdir_or_checkpoint_dir: epath.PathLike) -> ml_collections.ConfigDict:
   """The config stored with the newest readable checkpoint of a run."""
   with _read_only_manager(workdir_or_checkpoint_dir, ocp.StandardCheckpointHandler()) as manager:
+    restored = _restore_stored_config(manager)
+    if restored is None:
+      raise CheckpointError(f'No checkpoint in {manager.directory}.')
+  return ml_collections.ConfigDict(restored[1][CONFIG])
 
-    def restore_json(step):
-      return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
 
-    _, restored, _ = _restore_newest_readable_or_raise(manager, restore_json)
-  return ml_collections.ConfigDict(restored[CONFIG])
+def check_resumable(workdir: epath.PathLike, config: ml_collections.ConfigDict):
+  """Raises CheckpointError naming each model field (old -> new) in which `config` differs
+  from the run whose checkpoints are in `workdir`; returns if there are none.
+
+  Checked before the run opens its checkpoints, so that a mismatch leaves them untouched
+  (a restore into the wrong shapes would fail on every step and set them aside).
+  """
+  if not checkpoint_dir(workdir).is_dir():
+    return
+  with _read_only_manager(workdir, ocp.StandardCheckpointHandler()) as manager:
+    restored = _restore_stored_config(manager)
+  if restored is not None:
+    check_model_config(ml_collections.ConfigDict(restored[1][CONFIG]), config,
+                       manager.directory)
 
 
 def restore_backbone_variables(
@@ -199,19 +222,20 @@ def restore_backbone_variables(
 
 def check_model_config(stored_config: ml_collections.ConfigDict,
                        config: ml_collections.ConfigDict, checkpoint_path: epath.PathLike):
-  """Raises CheckpointError naming every `model.*` field that differs."""
+  """Raises CheckpointError naming every `model.*` field that differs, as
+  `config.model.<field>: <checkpoint's> -> <config's>`."""
   # Compared in their JSON form, as stored (tuples become lists).
   stored_model = _config_to_json(stored_config.model)
   model = _config_to_json(config.model)
   missing = '<missing>'
   differences = [
-      f'model.{field}: checkpoint has {stored_model.get(field, missing)}, '
-      f'config has {model.get(field, missing)}'
+      f'config.model.{field}: {stored_model.get(field, missing)} -> '
+      f'{model.get(field, missing)}'
       for field in sorted(stored_model.keys() | model.keys())
       if stored_model.get(field, missing) != model.get(field, missing)]
   if differences:
-    raise CheckpointError(f'The model of the checkpoint in {checkpoint_path} differs from the '
-                          f'config: ' + '; '.join(differences))
+    raise CheckpointError(f'the model of the checkpoints in {checkpoint_path} (old) differs '
+                          'from this config (new): ' + '; '.join(differences))
 
 
 def check_finite(step: int, metrics: Any):

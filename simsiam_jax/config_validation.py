@@ -5,6 +5,7 @@ as one line and exits non-zero.
 """
 
 import os
+import tempfile
 
 import ml_collections
 
@@ -48,12 +49,85 @@ def _require_known_model(config: ml_collections.ConfigDict):
            f'unknown model; choose one of {", ".join(resnet.BACKBONE_NAMES)}')
 
 
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require_in(config: ml_collections.ConfigDict, field: str, low: float, high: float, *,
+                low_open: bool = False):
+  value = _get(config, field)
+  inside = _is_number(value) and (low < value if low_open else low <= value) and value <= high
+  _require(inside, f'config.{field}', value,
+           f'must be a number in {"(" if low_open else "["}{low:g}, {high:g}]')
+
+
+def _require_range(config: ml_collections.ConfigDict, field: str, high: float | None = None):
+  """A (low, high) pair with 0 < low <= high (<= `high`)."""
+  value = _get(config, field)
+  ok = (isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_is_number, value))
+        and 0 < value[0] <= value[1] and (high is None or value[1] <= high))
+  bound = f' <= {high:g}' if high is not None else ''
+  _require(ok, f'config.{field}', value, f'must be a pair (low, high) with 0 < low <= high{bound}')
+
+
+def _require_valid_augmentations(config: ml_collections.ConfigDict):
+  _require_range(config, 'aug.crop_scale', high=1)
+  _require_range(config, 'aug.crop_ratio')
+  _require_range(config, 'aug.blur_sigma')
+  for field in ('aug.brightness', 'aug.contrast', 'aug.saturation'):
+    _require_in(config, field, 0, float('inf'))
+  # torchvision's ColorJitter: a hue shift beyond half the color wheel is no larger shift.
+  _require_in(config, 'aug.hue', 0, 0.5)
+  for field in ('aug.color_jitter_prob', 'aug.grayscale_prob', 'aug.blur_prob',
+                'aug.flip_prob'):
+    _require_in(config, field, 0, 1)
+  _require_in(config, 'aug.blur_kernel_fraction', 0, 1, low_open=True)
+
+
+def _require_image_size_fits_the_stem(config: ml_collections.ConfigDict):
+  """Images smaller than the backbone's total stride reach the last stage as one pixel (or
+  less), which trains and evaluates without an error but on nothing."""
+  stride = resnet.total_stride(config.model.cifar_stem)
+  hint = '' if config.model.cifar_stem else '; set config.model.cifar_stem=True for small images'
+  _require(config.data.image_size >= stride, 'config.data.image_size', config.data.image_size,
+           f'must be at least {stride}, the total stride of the '
+           f'{"CIFAR" if config.model.cifar_stem else "ImageNet"} stem network{hint}')
+
+
+def _require_valid_data(config: ml_collections.ConfigDict):
+  _require_positive(config, 'data.image_size')
+  _require(isinstance(config.data.image_size, int), 'config.data.image_size',
+           config.data.image_size, 'must be an integer')
+  _require_image_size_fits_the_stem(config)
+  _require_in(config, 'data.eval_crop_fraction', 0, 1, low_open=True)
+  for field in ('data.mean', 'data.std'):
+    value = _get(config, field)
+    _require(isinstance(value, (tuple, list)) and len(value) == 3
+             and all(map(_is_number, value)), f'config.{field}', value,
+             'must be three numbers (R, G, B)')
+  _require(all(v > 0 for v in config.data.std), 'config.data.std', config.data.std,
+           'must be positive')
+  _require(config.data.jpeg_dct_method in augmentations.JPEG_DCT_METHODS,
+           'config.data.jpeg_dct_method', config.data.jpeg_dct_method,
+           f'choose one of {", ".join(augmentations.JPEG_DCT_METHODS)}')
+
+
+def _require_valid_knn(config: ml_collections.ConfigDict):
+  _require(isinstance(config.knn.k, int) and config.knn.k > 0, 'config.knn.k', config.knn.k,
+           'must be a positive integer')
+  _require_positive(config, 'knn.temperature')
+  _require(isinstance(config.knn.every_epochs, int) and config.knn.every_epochs >= 0,
+           'config.knn.every_epochs', config.knn.every_epochs,
+           'must be an integer >= 0 (0: only at the end)')
+
+
 def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
                     process_count: int = 1):
+  """Every field pretraining and the kNN monitor read; raises ConfigError on the first bad one."""
   for field in ('batch_size', 'num_epochs', 'base_lr', 'log_every_steps', 'model.width',
                 'model.projector_layers', 'model.projector_hidden_dim',
-                'model.projector_dim', 'model.predictor_hidden_dim', 'data.image_size',
-                'checkpoint_every_steps', 'keep_checkpoints', 'knn.k', 'knn.temperature'):
+                'model.projector_dim', 'model.predictor_hidden_dim',
+                'checkpoint_every_steps', 'keep_checkpoints'):
     _require_positive(config, field)
   _require_known_model(config)
   _require_divisible(config, 'batch_size', device_count, process_count)
@@ -61,17 +135,19 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
                          ('model.head_batch_norm', tuple(heads.HEAD_BATCH_NORM)),
                          ('similarity', tuple(losses.SIMILARITIES)),
                          ('loss_symmetry', losses.SYMMETRIES),
-                         ('lr_schedule', optimizer.LR_SCHEDULES),
-                         ('data.jpeg_dct_method', augmentations.JPEG_DCT_METHODS)):
+                         ('lr_schedule', optimizer.LR_SCHEDULES)):
     _require(_get(config, field) in choices, f'config.{field}', _get(config, field),
              f'choose one of {", ".join(choices)}')
-  _require(config.weight_decay >= 0, 'config.weight_decay', config.weight_decay,
-           'must be >= 0')
-  _require(0 <= config.momentum < 1, 'config.momentum', config.momentum, 'must be in [0, 1)')
-  _require(config.knn.every_epochs >= 0, 'config.knn.every_epochs', config.knn.every_epochs,
-           'must be >= 0 (0: only at the end)')
-  _require(0 <= config.warmup_epochs < config.num_epochs, 'config.warmup_epochs',
-           config.warmup_epochs, f'must be in [0, num_epochs={config.num_epochs})')
+  _require_in(config, 'weight_decay', 0, float('inf'))
+  _require(_is_number(config.momentum) and 0 <= config.momentum < 1, 'config.momentum',
+           config.momentum, 'must be in [0, 1)')
+  _require(_is_number(config.warmup_epochs) and 0 <= config.warmup_epochs < config.num_epochs,
+           'config.warmup_epochs', config.warmup_epochs,
+           f'must be in [0, num_epochs={config.num_epochs})')
+  _require_in(config, 'collapse_warning_fraction', 0, 1)
+  _require_valid_data(config)
+  _require_valid_augmentations(config)
+  _require_valid_knn(config)
 
 
 MODES = ('pretrain', 'linear_eval', 'knn')
@@ -86,22 +162,39 @@ def validate_mode(config: ml_collections.ConfigDict):
 
 def validate_linear_config(config: ml_collections.ConfigDict, *, device_count: int,
                            process_count: int = 1):
+  """Every field linear evaluation reads; raises ConfigError on the first bad one."""
   for field in ('linear.batch_size', 'linear.num_epochs', 'linear.base_lr',
-                'linear.log_every_steps', 'data.image_size'):
+                'linear.log_every_steps'):
     _require_positive(config, field)
   _require_known_model(config)
+  _require_valid_data(config)
   _require(config.linear.lr_schedule in optimizer.LR_SCHEDULES, 'config.linear.lr_schedule',
            config.linear.lr_schedule, f'choose one of {", ".join(optimizer.LR_SCHEDULES)}')
-  _require(config.linear.eval_every_epochs >= 0, 'config.linear.eval_every_epochs',
-           config.linear.eval_every_epochs, 'must be >= 0 (0: only at the end)')
+  _require(isinstance(config.linear.eval_every_epochs, int)
+           and config.linear.eval_every_epochs >= 0, 'config.linear.eval_every_epochs',
+           config.linear.eval_every_epochs, 'must be an integer >= 0 (0: only at the end)')
+  _require(_is_number(config.linear.momentum) and 0 <= config.linear.momentum < 1,
+           'config.linear.momentum', config.linear.momentum, 'must be in [0, 1)')
+  _require_in(config, 'linear.weight_decay', 0, float('inf'))
+  _require_range(config, 'linear.crop_scale', high=1)
   for batch_field in ('batch_size', 'linear.batch_size'):
     _require_divisible(config, batch_field, device_count, process_count)
 
 
 def validate_workdir(workdir: str | None):
+  """The workdir is a directory this process can write, or can be created as one."""
   _require(bool(workdir), '--workdir', workdir, 'is required')
-  parent = os.path.dirname(os.path.abspath(workdir))
   # Remote file systems (gs://) have no local parent to check.
-  if '://' not in workdir:
-    _require(os.path.isdir(parent), '--workdir', workdir,
-             f'parent directory {parent} does not exist')
+  if '://' in workdir:
+    return
+  parent = os.path.dirname(os.path.abspath(workdir))
+  _require(os.path.isdir(parent), '--workdir', workdir,
+           f'parent directory {parent} does not exist')
+  _require(not os.path.exists(workdir) or os.path.isdir(workdir), '--workdir', workdir,
+           'exists and is not a directory')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as error:
+    raise ConfigError(f'--workdir={workdir!r}: cannot write there ({error.strerror})') from error

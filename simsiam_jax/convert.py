@@ -251,18 +251,17 @@ def export_detectron2(config: ml_collections.ConfigDict, workdir: str, path: str
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  actions = [name for name in ('import_torch', 'export_torchvision', 'export_detectron2')
-             if FLAGS[name].value]
-  if len(actions) != 1:
-    raise app.UsageError('give exactly one of --import_torch, --export_torchvision, '
-                         '--export_detectron2')
-  if FLAGS.config is None or not FLAGS.workdir:
-    raise app.UsageError('--config and --workdir are required')
   reporting.quiet_library_logs()
-  action, = actions
   with reporting.exit_on_error():
+    reporting.check_no_arguments(argv)
+    actions = [name for name in ('import_torch', 'export_torchvision', 'export_detectron2')
+               if FLAGS[name].value]
+    if len(actions) != 1:
+      raise app.UsageError('give exactly one of --import_torch, --export_torchvision, '
+                           '--export_detectron2')
+    if FLAGS.config is None or not FLAGS.workdir:
+      raise app.UsageError('--config and --workdir are required')
+    action, = actions
     {'import_torch': import_torch, 'export_torchvision': export_torchvision,
      'export_detectron2': export_detectron2}[action](FLAGS.config, FLAGS.workdir,
                                                      FLAGS[action].value)
@@ -270,4 +269,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=reporting.parse_flags)

@@ -62,19 +62,16 @@ flags.DEFINE_string('out', 'curves.png', 'PNG file to write.')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS.workdirs:
-    raise app.UsageError('--workdirs is required')
-  labels = FLAGS.labels or FLAGS.workdirs
-  if len(labels) != len(FLAGS.workdirs):
-    raise app.UsageError('--labels needs one label per workdir')
   reporting.quiet_library_logs()
   with reporting.exit_on_error():
+    reporting.check_no_arguments(argv)
+    labels = FLAGS.labels or FLAGS.workdirs
+    if len(labels) != len(FLAGS.workdirs):
+      raise app.UsageError('--labels needs one label per workdir')
     curves = {label: read_curves(w) for label, w in zip(labels, FLAGS.workdirs)}
-  plot_curves(curves, FLAGS.out)
+    plot_curves(curves, FLAGS.out)
 
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('workdirs')
-  app.run(main)
+  app.run(main, flags_parser=reporting.parse_flags)

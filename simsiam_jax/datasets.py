@@ -1,4 +1,4 @@
-"""The three data sources: generated shapes, an image folder and TFDS.
+"""The three data sources: generated scenes, an image folder and TFDS.
 
 A source split is a `Split`: its global size, its number of classes, and two functions the
 input pipeline composes. `keys` lists this process's shard of the split as a tf.data
@@ -23,6 +23,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 _FOLDER_FORMATS = ('JPEG', 'PNG')
 _SYNTHETIC_SPLITS = {'train': 0, 'test': 1}
 SYNTHETIC_NUM_CLASSES = 10
+SYNTHETIC_CLASS_NAMES = tuple(f'scene{i}' for i in range(SYNTHETIC_NUM_CLASSES))
 
 
 class DataError(ValueError):
@@ -32,11 +33,16 @@ class DataError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Split:
   num_examples: int
-  num_classes: int
+  # Label i names class_names[i]; empty for an unlabeled split.
+  class_names: tuple[str, ...]
   # keys(process_index, process_count, shuffle_seed) -> tf.data.Dataset of keys.
   keys: Callable[..., tf.data.Dataset]
   # read(key) -> {'image': string or uint8 [H, W, 3], 'label': int32}.
   read: Callable[..., dict]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
 
 
 def load_split(data_config, field: str, seed: int) -> Split:
@@ -58,7 +64,7 @@ def load_split(data_config, field: str, seed: int) -> Split:
                   "expected 'synthetic', 'folder' or 'tfds'")
 
 
-def indexed_split(num_examples: int, num_classes: int, read) -> Split:
+def indexed_split(num_examples: int, class_names: tuple[str, ...], read) -> Split:
   """A split whose examples are read by index: shards by stride, shuffles by permutation."""
 
   def keys(process_index, process_count, shuffle_seed=None):
@@ -67,66 +73,80 @@ def indexed_split(num_examples: int, num_classes: int, read) -> Split:
       indices = tf.random.experimental.stateless_shuffle(indices, shuffle_seed)
     return tf.data.Dataset.from_tensor_slices(indices)
 
-  return Split(num_examples, num_classes, keys, read)
+  return Split(num_examples, class_names, keys, read)
 
 
 # ---------------------------------------------------------------------------------------
-# Generated shapes.
+# Generated scenes.
 
 
 @functools.lru_cache(maxsize=8)
 def synthetic_split(split: str, num_examples: int, image_size: int, seed: int) -> Split:
-  images, labels = render_shapes(num_examples, image_size, seed, _SYNTHETIC_SPLITS[split])
+  images, labels = render_scene_views(num_examples, image_size, seed, _SYNTHETIC_SPLITS[split])
   images, labels = tf.constant(images), tf.constant(labels)
   read = lambda i: {'image': tf.gather(images, i), 'label': tf.gather(labels, i)}
-  return indexed_split(num_examples, SYNTHETIC_NUM_CLASSES, read)
+  return indexed_split(num_examples, SYNTHETIC_CLASS_NAMES, read)
 
 
-def _shape_mask(label: int, xx, yy, center, radius, frequency, phase):
-  """Foreground mask of class `label`; per-image parameters have shape [n, 1, 1]."""
-  dx, dy = xx - center[0], yy - center[1]
-  stripes = lambda t: np.sin(2 * np.pi * frequency * t + phase) > 0
-  masks = {
-      0: lambda: dx**2 + dy**2 < radius**2,  # disc
-      1: lambda: np.maximum(abs(dx), abs(dy)) < 0.85 * radius,  # square
-      2: lambda: (abs(dy) < radius) & (abs(dx) < 0.5 * (dy + radius)),  # triangle
-      3: lambda: abs(np.sqrt(dx**2 + dy**2) - 0.8 * radius) < 0.2 * radius,  # ring
-      4: lambda: (np.minimum(abs(dx), abs(dy)) < 0.3 * radius)  # cross
-                 & (np.maximum(abs(dx), abs(dy)) < radius),
-      5: lambda: abs(dx) + abs(dy) < radius,  # diamond
-      6: lambda: stripes(yy),  # horizontal stripes
-      7: lambda: stripes(xx),  # vertical stripes
-      8: lambda: stripes(xx + yy),  # diagonal stripes
-      9: lambda: (np.floor(xx * frequency) + np.floor(yy * frequency)) % 2 == 0,  # checkers
-  }
-  return masks[label]()
+def render_scenes(seed: int, size: int) -> np.ndarray:
+  """The 10 scenes, float [10, size, size, 3] in [0, 1]: each a smooth random color field
+  under 8 random discs and squares. Deterministic in `seed`."""
+  rng = np.random.default_rng([seed, 1 << 20])
+  grid = (np.arange(size, dtype=np.float32) + 0.5) / size
+  xx, yy = grid[None, :], grid[:, None]
+  scenes = []
+  for _ in range(SYNTHETIC_NUM_CLASSES):
+    field = np.zeros((size, size, 3), np.float32)
+    for _ in range(6):
+      fx, fy = rng.uniform(-4, 4, 2)
+      wave = np.sin(2 * np.pi * (fx * xx + fy * yy) + rng.uniform(0, 2 * np.pi))
+      field += rng.uniform(-0.5, 0.5, 3) * wave[..., None]
+    scene = 0.5 + field / 3
+    for _ in range(8):
+      cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.15)
+      if rng.random() < 0.5:
+        shape = (xx - cx)**2 + (yy - cy)**2 < r**2
+      else:
+        shape = np.maximum(abs(xx - cx), abs(yy - cy)) < r
+      scene = np.where(shape[..., None], rng.uniform(0, 1, 3), scene)
+    scenes.append(np.clip(scene, 0, 1))
+  return np.stack(scenes)
 
 
-def render_shapes(num_examples: int, image_size: int, seed: int, stream: int):
-  """Images of 10 shape/texture classes in random colors, sizes and places.
+def render_scene_views(num_examples: int, image_size: int, seed: int, stream: int):
+  """Images of 10 classes, each class a scene (`render_scenes`) seen through a random
+  window: 10-50% of its area, aspect 3/4-4/3, maybe mirrored, brightness and contrast
+  scaled by 0.7-1.3, with pixel noise.
 
-  Backgrounds are a color gradient with low-frequency waves and pixel noise, so that no
-  class is recognizable from a constant. Deterministic in (seed, stream).
+  Classes are what SimSiam's augmentations keep (a scene seen from a window) and images
+  differ in what they remove (where the window is, its scale, the lighting): a random
+  network's features follow the window more than the scene, and SimSiam, trained to match
+  two views, learns to recognize scenes. Train and test show the same scenes through other
+  windows. Deterministic in (seed, stream).
   Returns uint8 [n, size, size, 3] and int32 labels [n], classes balanced.
   """
+  scene_size = 4 * image_size
+  scenes = render_scenes(seed, scene_size)
   rng = np.random.default_rng([seed, stream])
-  labels = rng.permutation(np.arange(num_examples) % SYNTHETIC_NUM_CLASSES).astype(np.int32)
-  images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
-  grid = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size
-  xx, yy = grid[None, None, :], grid[None, :, None]
-  for label in range(SYNTHETIC_NUM_CLASSES):
-    index = np.flatnonzero(labels == label)
-    n = len(index)
-    param = lambda low, high, *shape: rng.uniform(low, high, (n, *shape, 1, 1)).astype(
-        np.float32)
-    mask = _shape_mask(label, xx, yy, center=(param(0.3, 0.7), param(0.3, 0.7)),
-                       radius=param(0.15, 0.35), frequency=param(2.0, 6.0),
-                       phase=param(0, 2 * np.pi))
-    wave = 0.1 * np.sin(2 * np.pi * (param(0, 3) * xx + param(0, 3) * yy) + param(0, 7))
-    background = (param(0, 1, 3) * (1 - xx) + param(0, 1, 3) * xx + wave[:, None])
-    image = np.where(mask[:, None], param(0, 1, 3), background)
-    image += 0.1 * (rng.random(image.shape, np.float32) - 0.5)
-    images[index] = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+  n = num_examples
+  labels = rng.permutation(np.arange(n) % SYNTHETIC_NUM_CLASSES).astype(np.int32)
+  area = rng.uniform(0.1, 0.5, n)
+  aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), n))
+  width, height = np.sqrt(area * aspect), np.sqrt(area / aspect)
+  left, top = rng.uniform(0, 1, n) * (1 - width), rng.uniform(0, 1, n) * (1 - height)
+  t = (np.arange(image_size) + 0.5) / image_size
+  columns = ((left[:, None] + width[:, None] * t) * scene_size).astype(int)
+  rows = ((top[:, None] + height[:, None] * t) * scene_size).astype(int)
+  mirrored = rng.random(n) < 0.5
+  columns = np.where(mirrored[:, None], columns[:, ::-1], columns)
+  brightness, contrast = rng.uniform(0.7, 1.3, (2, n, 1, 1, 1)).astype(np.float32)
+  images = np.empty((n, image_size, image_size, 3), np.uint8)
+  for chunk in np.array_split(np.arange(n), max(1, n * image_size**2 // 2**22)):
+    view = scenes[labels[chunk, None, None], rows[chunk, :, None], columns[chunk, None, :]]
+    mean = view.mean(axis=(1, 2, 3), keepdims=True)
+    view = (view - mean) * contrast[chunk] + mean * brightness[chunk]
+    view += 0.05 * (rng.random(view.shape, np.float32) - 0.5)
+    images[chunk] = np.clip(view * 255 + 0.5, 0, 255).astype(np.uint8)
   return images, labels
 
 
@@ -137,7 +157,7 @@ def render_shapes(num_examples: int, image_size: int, seed: int, stream: int):
 def folder_split(root: str, split: str, field: str, image_size: int,
                  validate_files: bool) -> Split:
   paths, labels, classes = list_image_folder(root, split, field)
-  folder = indexed_files(paths, labels, len(classes), image_size, validate_files)
+  folder = indexed_files(paths, labels, classes, image_size, validate_files)
   if not folder.num_examples:
     raise DataError(f'config.data.{field}: no readable image in {os.path.join(root, split)}')
   return folder
@@ -145,7 +165,7 @@ def folder_split(root: str, split: str, field: str, image_size: int,
 
 # Cached, so that splits named by several fields are validated and held once.
 @functools.lru_cache(maxsize=8)
-def indexed_files(paths, labels, num_classes: int, image_size: int,
+def indexed_files(paths, labels, class_names: tuple[str, ...], image_size: int,
                   validate_files: bool) -> Split:
   if validate_files:
     paths, labels = _drop_unreadable(paths, labels, image_size)
@@ -153,7 +173,7 @@ def indexed_files(paths, labels, num_classes: int, image_size: int,
   paths, labels = tf.constant(paths, tf.string), tf.constant(labels, tf.int32)
   read = lambda i: {'image': tf.io.read_file(tf.gather(paths, i)),
                     'label': tf.gather(labels, i)}
-  return indexed_split(num_examples, num_classes, read)
+  return indexed_split(num_examples, class_names, read)
 
 
 def list_image_folder(root: str, split: str, field: str):
@@ -184,20 +204,32 @@ def list_image_folder(root: str, split: str, field: str):
   return tuple(paths), tuple(labels), tuple(classes)
 
 
+# What a complete file ends with, within its last bytes (a few writers append data after
+# JPEG's end-of-image marker).
+_END_MARKERS = {'JPEG': b'\xff\xd9', 'PNG': b'IEND'}
+_END_MARKER_WINDOW = 1024
+
+
 def _image_size_or_none(path: str):
-  """(width, height) from the file's header, or None if it is not a JPEG/PNG image."""
+  """(width, height) from the file's header, or None if it is not a complete JPEG/PNG image:
+  a foreign or damaged header, or no end marker (a truncated file). Decodes nothing."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
-    with tf.io.gfile.GFile(path, 'rb') as f, Image.open(f) as image:
-      return image.size if image.format in _FOLDER_FORMATS else None
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      with Image.open(f) as image:
+        image_format, size = image.format, image.size
+      if image_format not in _FOLDER_FORMATS:
+        return None
+      f.seek(max(f.size() - _END_MARKER_WINDOW, 0))
+      return size if _END_MARKERS[image_format] in f.read() else None
   except Exception:  # pylint: disable=broad-except
     return None
 
 
 def _drop_unreadable(paths, labels, image_size: int):
-  """Drops files whose header is not a JPEG/PNG image, warning with a count.
+  """Drops files that are not complete JPEG/PNG images, warning with a count.
 
-  Reads headers only (no decoding). Images smaller than the crop are kept and upsampled,
+  Reads headers and end markers only (no decoding). Images smaller than the crop are kept and upsampled,
   as torchvision does, with a warning.
   """
   with concurrent.futures.ThreadPoolExecutor(32) as pool:
@@ -205,8 +237,9 @@ def _drop_unreadable(paths, labels, image_size: int):
   bad = [p for p, s in zip(paths, sizes) if s is None]
   small = [p for p, s in zip(paths, sizes) if s is not None and min(s) < image_size]
   if bad:
-    logging.warning('Skipping %d of %d files that are not readable JPEG/PNG images, '
-                    'e.g. %s', len(bad), len(paths), ', '.join(bad[:3]))
+    logging.warning('Skipping %d of %d files that are not complete JPEG/PNG images (empty, '
+                    'truncated or of another format), e.g. %s', len(bad), len(paths),
+                    ', '.join(bad[:3]))
   if small:
     logging.warning('%d images are smaller than the crop (config.data.image_size=%d) and '
                     'will be upsampled, e.g. %s', len(small), image_size,
@@ -237,7 +270,7 @@ def tfds_split(name: str, split: str, data_dir, shuffle_buffer: int, field: str)
                     f'(it has {sorted(builder.info.splits)})') from e
   features = builder.info.features
   label = features['label'] if 'label' in features.keys() else None
-  num_classes = label.num_classes if label is not None else 0
+  class_names = tuple(label.names) if label is not None else ()
 
   decoders = {'image': tfds.decode.SkipDecoding()}
   per_epoch_file_order = builder.info.file_format == tfds.core.FileFormat.TFRECORD
@@ -266,7 +299,7 @@ def tfds_split(name: str, split: str, data_dir, shuffle_buffer: int, field: str)
     return {'image': record['image'],
             'label': tf.cast(record['label'], tf.int32) if label is not None else -1}
 
-  return Split(num_examples, num_classes, keys, read)
+  return Split(num_examples, class_names, keys, read)
 
 
 def _records_in_shuffled_file_order(builder, split, shuffle_seed, parse) -> tf.data.Dataset:

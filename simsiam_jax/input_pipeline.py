@@ -196,6 +196,25 @@ def _eval_dataset(config, split: datasets.Split, process_index, process_count):
   return ds.with_options(_options(config))
 
 
+def labeled_eval_splits(config) -> tuple[datasets.Split, datasets.Split]:
+  """(config.data.eval_train_split, config.data.eval_split), checked to be labeled with the
+  same classes, at least two: label i must name the same class in both."""
+  train, test = (load_split(config, field) for field in ('eval_train_split', 'eval_split'))
+  if train.num_classes < 2:
+    raise DataError(f'config.data.eval_train_split: {config.data.eval_train_split!r} has '
+                    f'{train.num_classes} labeled class(es); kNN and linear evaluation need '
+                    'at least 2')
+  if test.class_names != train.class_names:
+    extra = sorted(set(test.class_names) - set(train.class_names))
+    missing = sorted(set(train.class_names) - set(test.class_names))
+    raise DataError(
+        f'config.data.eval_split: the classes of {config.data.eval_split!r} differ from those '
+        f'of config.data.eval_train_split {config.data.eval_train_split!r}' +
+        (f'; not in {config.data.eval_train_split!r}: {", ".join(extra[:5])}' if extra else '') +
+        (f'; missing: {", ".join(missing[:5])}' if missing else ''))
+  return train, test
+
+
 def create_eval_iterators(config, *, process_index=None, process_count=None
                           ) -> tuple[Callable[[], Iterator[dict]],
                                      Callable[[], Iterator[dict]]]:
@@ -206,10 +225,7 @@ def create_eval_iterators(config, *, process_index=None, process_count=None
   eval_train_split (features for kNN / the linear classifier) and config.data.eval_split.
   """
   process_index, process_count = _processes(process_index, process_count)
-  train, test = (load_split(config, field) for field in ('eval_train_split', 'eval_split'))
-  if train.num_classes != test.num_classes:
-    raise DataError(f'config.data.eval_split: {test.num_classes} classes, but '
-                    f'config.data.eval_train_split has {train.num_classes}')
+  train, test = labeled_eval_splits(config)
 
   def iter_fn(split):
     ds = _eval_dataset(config, split, process_index, process_count)

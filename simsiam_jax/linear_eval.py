@@ -148,6 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
   config_validation.validate_linear_config(config, device_count=jax.device_count(),
                                            process_count=jax.process_count())
+  input_pipeline.labeled_eval_splits(config)
   mode = 'cached features' if config.linear.cached_features else 'augmented views'
   writer = reporting.create_summary_writer(workdir)
   mesh = sharding.create_mesh()

@@ -7,6 +7,8 @@ stderr and exit status 2; a diverged run (NaN/inf loss) ends the same way with s
 """
 
 import os
+import sys
+import time
 
 import jax
 from absl import app, flags, logging
@@ -33,22 +35,28 @@ def initialize_distributed():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if FLAGS.config is None:
-    raise app.UsageError('--config is required, e.g. --config=configs/default.py')
   reporting.quiet_library_logs()
-  if FLAGS.distributed:
-    initialize_distributed()
-  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  started = time.monotonic()
   with reporting.exit_on_error():
+    reporting.check_no_arguments(argv)
+    if FLAGS.config is None:
+      raise app.UsageError('--config is required, e.g. --config=configs/default.py')
     config_validation.validate_mode(FLAGS.config)
+    if FLAGS.distributed:
+      initialize_distributed()
+    logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
+                 jax.process_count(), jax.local_devices())
     run = {'pretrain': train.train_and_evaluate,
            'linear_eval': linear_eval.train_and_evaluate,
            'knn': knn_monitor.evaluate_checkpoint}[FLAGS.config.mode]
-    run(FLAGS.config, FLAGS.workdir)
+    result = run(FLAGS.config, FLAGS.workdir)
+  if jax.process_index() == 0:
+    overrides = [arg for arg in sys.argv[1:] if arg.startswith('--config.') and '=' in arg]
+    print(reporting.closing_summary(FLAGS.config, FLAGS.workdir, result,
+                                    time.monotonic() - started,
+                                    config_flags.get_config_filename(FLAGS['config']),
+                                    overrides), flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=reporting.parse_flags)

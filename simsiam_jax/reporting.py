@@ -10,10 +10,12 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import tensorflow as tf
-from absl import logging
+from absl import app, flags, logging
 from clu import metric_writers
+from ml_collections import config_flags
 from tensorflow.core.util import event_pb2
 
 from simsiam_jax import checkpointing, config_validation, datasets
@@ -62,11 +64,18 @@ def summary_seconds(workdir: str) -> float:
   return total
 
 
+# Libraries whose INFO lines say nothing a user can act on: orbax logs several per
+# checkpoint, JAX one per accelerator backend it looked for and did not find (libtpu on every
+# CPU or GPU host).
+_QUIET_LIBRARY_PATHS = ('/orbax/', '/jax/_src/xla_bridge.py')
+
+
 class _DropInfoFromLibraries(std_logging.Filter):
-  """Orbax logs several INFO lines per checkpoint; keep only its warnings and errors."""
+  """Keeps only the warnings and errors of `_QUIET_LIBRARY_PATHS`."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+    return (record.levelno >= std_logging.WARNING or
+            not any(path in record.pathname for path in _QUIET_LIBRARY_PATHS))
 
 
 def quiet_library_logs():
@@ -80,13 +89,45 @@ def exit_on_error():
   loss) as one with status 1, never as a traceback."""
   try:
     yield
-  except (config_validation.ConfigError, datasets.DataError, checkpointing.CheckpointError,
-          torchvision_format.TorchFormatError) as e:
+  except (app.UsageError, config_validation.ConfigError, datasets.DataError,
+          checkpointing.CheckpointError, torchvision_format.TorchFormatError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except checkpointing.NonFiniteLossError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+
+
+def check_no_arguments(argv: list[str]):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`: a bad flag, a
+  config file that is missing or does not load, or a --config.* override of the wrong type
+  or of no field ends as one `error:` line and exit status 2, as the other mistakes do."""
+  try:
+    remaining = flags.FLAGS(argv)
+    for name in ('config',):
+      if name in flags.FLAGS and flags.FLAGS[name].present:
+        path = config_flags.get_config_filename(flags.FLAGS[name])
+        if not os.path.isfile(path):
+          raise ValueError(f'--{name}={path}: no such file')
+        flags.FLAGS[name].value  # Loads the file now, not half-way into the run.
+    return remaining
+  except (AttributeError, KeyError) as e:  # An override of a field the config lacks.
+    key = str(e).strip('"\' ')
+    names = [arg.split('=')[0] for arg in argv if arg.startswith('--config.')]
+    name = next((n for n in names if key in n.split('.')), f'--config.{key}')
+    message = f'{name}: the config has no such field'
+  except Exception as e:  # pylint: disable=broad-except
+    # Any other failure here is the command line's or the config file's; absl's and
+    # ml_collections' messages span several lines (a config file's traceback included).
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    message = ' '.join(lines)[:500] or type(e).__name__
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 def format_duration(seconds: float) -> str:
@@ -140,3 +181,61 @@ class ProgressReporter:
     self._writer.write_scalars(step, {**summary, 'steps_per_sec': steps_per_sec,
                                       'z_std_target': self._z_std_target})
     return summary
+
+
+def _command(config_file: str, workdir: str, overrides: list[str], *extra: str) -> str:
+  return ' '.join(['python -m simsiam_jax.main', f'--config={config_file}',
+                   f'--workdir={workdir}', *overrides, *extra])
+
+
+def closing_summary(config: ml_collections.ConfigDict, workdir: str, result: dict,
+                    seconds: float, config_file: str, overrides: list[str]) -> str:
+  """The block a command ends with: what the run did, where its outputs are, what to run next.
+
+  `overrides` are the command's --config.* flags, carried into the next command.
+  """
+  overrides = [o for o in overrides
+               if not o.startswith(('--config.mode=', '--config.pretrained_workdir='))]
+  rows = [('wall time', format_duration(seconds))]
+  if config.mode == 'pretrain':
+    step, total = result['step'], result['total_steps']
+    status = 'finished' if step == total else 'stopped early; rerun the same command to resume'
+    rows.append(('steps', f'{result["start_step"] + 1}-{step} of {total} ({status})'
+                 if step > result['start_step'] else f'none: all {total} were done before'))
+    if 'loss' in result:
+      rows.append(('final loss', f'{result["loss"]:.4f} (-1 is the minimum)'))
+      ratio = result['z_std'] / result['z_std_target']
+      rows.append(('z-std', f'{result["z_std"]:.4f} against 1/sqrt(d) = '
+                   f'{result["z_std_target"]:.4f} ({ratio:.0%}; near 0 means collapse)'))
+    knn = read_scalars(workdir).get('knn_top1', {})
+    if knn:
+      first, last = min(knn), max(knn)
+      rows.append(('kNN top-1', f'{knn[first]:.2f}% (step {first}) -> {knn[last]:.2f}% '
+                   f'(step {last}), {knn[last] - knn[first]:+.2f} points'))
+    rows += [('checkpoints', str(checkpointing.checkpoint_dir(workdir))),
+             ('TensorBoard', f'tensorboard --logdir={workdir}'),
+             ('next: kNN', _command(config_file, f'{workdir}_knn', overrides,
+                                    '--config.mode=knn', f'--config.pretrained_workdir={workdir}')),
+             ('next: linear', _command(config_file, f'{workdir}_linear', overrides,
+                                       '--config.mode=linear_eval',
+                                       f'--config.pretrained_workdir={workdir}'))]
+  elif config.mode == 'knn':
+    rows += [('kNN top-1', f'{result["knn_top1"]:.2f}% on {config.data.eval_split} '
+              f'(k={config.knn.k}, T={config.knn.temperature:g})'),
+             ('results', os.path.join(workdir, 'knn_eval.json')),
+             ('next: linear', _command(config_file, f'{workdir}_linear', overrides,
+                                       '--config.mode=linear_eval',
+                                       f'--config.pretrained_workdir={config.pretrained_workdir}'))]
+  else:
+    rows += [('linear top-1', f'{result["top1"]:.2f}% (top-5 {result["top5"]:.2f}%) on '
+              f'{config.data.eval_split}, {result["mode"]}; best {result["best_top1"]:.2f}% '
+              f'at epoch {result["best_epoch"]:g}'),
+             ('results', os.path.join(workdir, 'linear_eval.json')),
+             ('TensorBoard', f'tensorboard --logdir={workdir}'),
+             ('next: export', f'python -m simsiam_jax.convert --config={config_file} '
+              f'--workdir={config.pretrained_workdir} --export_torchvision=resnet.pth')]
+  width = max(len(name) for name, _ in rows)
+  title = {'pretrain': 'SimSiam pretraining', 'knn': 'kNN evaluation',
+           'linear_eval': 'Linear evaluation'}[config.mode]
+  return '\n'.join([f'== {title} of {workdir} =='] +
+                   [f'{name:<{width}}  {value}' for name, value in rows])

@@ -85,7 +85,8 @@ def _knn_due(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Pretrains SimSiam as `config` says in `workdir`, resuming from its latest checkpoint.
 
-  Returns the metrics of the last reporting window and the last kNN top-1.
+  Returns the metrics of the last reporting window, the last kNN top-1, the first and last
+  step this call trained, the run's total steps and the z-std of no collapse, 1/sqrt(d).
   """
   config_validation.validate_workdir(workdir)
   config_validation.validate_config(config, device_count=jax.device_count(),
@@ -97,6 +98,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = create_model(config.model, dtype=compute_dtype(config))
   tx = optimizer.create_optimizer(config, steps_per_epoch)
   p_train_step = make_train_step(config, lr_schedule, mesh)
+  checkpointing.check_resumable(workdir, config)
+  knn_monitor.check_knn_data(config)  # It runs at the end, if not before.
   preemption = checkpointing.install_sigterm_handler()
 
   with checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
@@ -113,13 +116,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info('Pretraining %s for steps %d-%d (%d per epoch) on %d devices, global batch '
                  '%d.', config.model.name, start_step + 1, total_steps, steps_per_epoch,
                  jax.device_count(), config.batch_size)
+    summary = {'start_step': start_step, 'step': start_step, 'total_steps': total_steps,
+               'z_std_target': 1 / math.sqrt(config.model.projector_dim)}
     reporter = reporting.ProgressReporter(
         writer, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-        z_std_target=1 / math.sqrt(config.model.projector_dim),
+        z_std_target=summary['z_std_target'],
         collapse_fraction=config.collapse_warning_fraction)
     batches = input_pipeline.prefetch_to_mesh(
         input_pipeline.create_pretrain_iterator(config, start_step=start_step), mesh)
-    summary = {}
 
     def monitor_knn(step):
       summary['knn_top1'] = knn_monitor.knn_top1(
@@ -131,6 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = p_train_step(state, next(batches))
       reporter.add(step, metrics)
+      summary['step'] = step
       if step % config.log_every_steps == 0 or step == total_steps:
         summary.update(reporter.report())
       stop = preemption.requested or ckpt.reached_preemption(step)

@@ -194,7 +194,7 @@ def test_model_config_mismatch_names_the_field(tmp_path):
   config.model.width = 16
   config.num_epochs = 100  # Not a model field: allowed to differ.
   with pytest.raises(CheckpointError,
-                     match=r'model\.width: checkpoint has 4, config has 16$') as error:
+                     match=r'config\.model\.width: 4 -> 16$') as error:
     checkpointing.restore_backbone_variables(tmp_path, config)
   assert str(tmp_path) in str(error.value)
 

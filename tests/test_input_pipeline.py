@@ -91,7 +91,7 @@ def test_processes_read_disjoint_shards_covering_the_split(config):
     assert all(b['view1'].shape[0] == 8 for b in batches)
     seen[process] = image_keys(np.concatenate([b['view1'] for b in batches]))
   assert not set(seen[0]) & set(seen[1])
-  images, _ = datasets.render_shapes(100, 32, config.seed, 0)
+  images, _ = datasets.render_scene_views(100, 32, config.seed, 0)
   everything = set(image_keys(images))
   covered = set(seen[0]) | set(seen[1])
   assert covered <= everything and len(covered) == 96 == len(seen[0]) + len(seen[1])
@@ -111,7 +111,7 @@ def eval_batches(config, **kwargs):
 
 
 def test_eval_batches_cover_split_once_with_padding(config):
-  images, labels = datasets.render_shapes(40, 32, config.seed, 1)
+  images, labels = datasets.render_scene_views(40, 32, config.seed, 1)
   per_process = {p: eval_batches(config, process_index=p, process_count=2)[1]
                  for p in (0, 1)}
   # 20 examples per process in batches of 8: 3 batches, the last padded with 4.
@@ -151,23 +151,31 @@ def test_prefetch_to_mesh_assembles_sharded_global_batches(config):
 
 
 def test_synthetic_images_are_varied_and_deterministic():
-  images, labels = datasets.render_shapes(200, 32, 0, 0)
+  images, labels = datasets.render_scene_views(200, 32, 0, 0)
   assert images.dtype == np.uint8 and images.shape == (200, 32, 32, 3)
   assert np.bincount(labels).tolist() == [20] * 10
   assert len(set(image_keys(images))) == 200
   assert images.std(axis=(1, 2)).min() > 10  # No flat images.
-  np.testing.assert_array_equal(images, datasets.render_shapes(200, 32, 0, 0)[0])
-  assert not np.array_equal(images, datasets.render_shapes(200, 32, 1, 0)[0])
+  np.testing.assert_array_equal(images, datasets.render_scene_views(200, 32, 0, 0)[0])
+  assert not np.array_equal(images, datasets.render_scene_views(200, 32, 1, 0)[0])
 
 
-def test_synthetic_classes_differ_beyond_color():
-  """Class means of the gray images differ: the label is in the shapes."""
-  images, labels = datasets.render_shapes(400, 32, 0, 0)
-  gray = images.mean(-1)
-  gray = (gray - gray.mean(axis=(1, 2), keepdims=True)) / gray.std(axis=(1, 2), keepdims=True)
-  means = np.stack([gray[labels == c].mean(0) for c in range(10)])
-  distances = np.linalg.norm(means[:, None] - means[None], axis=(-1, -2))
-  assert distances[~np.eye(10, dtype=bool)].min() > 2.0
+def test_synthetic_splits_show_the_same_scenes_through_other_windows():
+  """A test image's nearest training image in pixels (8x8 thumbnails) is mostly of its own
+  class, never the same window, and a global color mean alone does not tell classes apart."""
+  train, train_labels = datasets.render_scene_views(1000, 32, 0, 0)
+  test, test_labels = datasets.render_scene_views(200, 32, 0, 1)
+  assert not set(image_keys(train)) & set(image_keys(test))
+
+  def nearest_neighbour_accuracy(cells):
+    pool = lambda x: x.astype(np.float32).reshape(len(x), cells, 32 // cells, cells,
+                                                   32 // cells, 3).mean((2, 4))
+    a, b = pool(train).reshape(len(train), -1), pool(test).reshape(len(test), -1)
+    distances = ((b[:, None] - a[None])**2).sum(-1)
+    return (train_labels[distances.argmin(1)] == test_labels).mean()
+
+  assert nearest_neighbour_accuracy(8) > 0.6
+  assert nearest_neighbour_accuracy(1) < 0.5
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,7 +317,7 @@ def tfds_data_dir(tmp_path_factory):
       return {'train': self._generate_examples(30, 0), 'test': self._generate_examples(10, 1)}
 
     def _generate_examples(self, n, stream):
-      images, labels = datasets.render_shapes(n, 24, 0, stream)
+      images, labels = datasets.render_scene_views(n, 24, 0, stream)
       for i in range(n):
         yield i, {'image': images[i], 'label': labels[i]}
 

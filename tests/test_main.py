@@ -1,10 +1,10 @@
 """The command line: `python -m simsiam_jax.main`, run as a user would."""
 
 import os
+import re
+import shlex
 import subprocess
 import sys
-
-import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,19 +14,42 @@ def run_main(*args, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize('override,field', [
-    ('--config.batch_size=12', 'config.batch_size=12'),  # 8 devices in the test session.
-    ('--config.model.name=resnet51', 'config.model.name'),
-    ('--config.base_lr=-0.1', 'config.base_lr'),
-    ('--config.num_epochs=0', 'config.num_epochs'),
-    ('--workdir=/nonexistent/parent/run', '--workdir'),
-    ('--config.lr_schedule=linear', 'config.lr_schedule'),
-    ('--config.data.jpeg_dct_method=FASTEST', 'config.data.jpeg_dct_method'),
-])
-def test_bad_input_is_one_clear_error_line(tmp_path, override, field):
-  args = ['--config=configs/default.py', f'--workdir={tmp_path / "run"}', override]
-  result = run_main(*args)
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr
-  error_lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-  assert len(error_lines) == 1 and field in error_lines[0], result.stderr[-2000:]
+def test_a_run_ends_with_a_summary_whose_next_commands_work(tmp_path):
+  """Pretraining, then the kNN and linear-evaluation commands its summary suggests, each
+  ending with its own summary block."""
+  from test_train_loop import TINY_RUN  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  result = run_main(*TINY_RUN, '--config.num_epochs=2', '--config.knn.every_epochs=1',
+                    '--config.linear.batch_size=16', '--config.linear.num_epochs=1',
+                    f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  block = summary_block(result.stdout, f'SimSiam pretraining of {workdir}')
+  assert block['steps'] == '1-8 of 8 (finished)'
+  assert -1 <= float(block['final loss'].split()[0]) <= 1
+  z_std, target = (float(v) for v in re.findall(r'\d\.\d{4}', block['z-std'])[:2])
+  assert target == 0.1768 and 0 < z_std < 1  # 1/sqrt(32)
+  # kNN at epochs 0, 1 and 2, first -> last.
+  assert re.fullmatch(r'[\d.]+% \(step 0\) -> [\d.]+% \(step 8\), [-+][\d.]+ points',
+                      block['kNN top-1']), block['kNN top-1']
+  assert block['checkpoints'] == str(workdir / 'checkpoints')
+  assert block['TensorBoard'] == f'tensorboard --logdir={workdir}'
+  assert all(line.startswith('I') or line.startswith('W') for line in
+             result.stderr.splitlines()), 'only absl log lines, no library noise'
+
+  for mode, title, result_name in (('kNN', 'kNN evaluation', 'knn_eval.json'),
+                                   ('linear', 'Linear evaluation', 'linear_eval.json')):
+    command = shlex.split(block[f'next: {mode}'])
+    assert command[:3] == ['python', '-m', 'simsiam_jax.main']
+    evaluation = run_main(*command[3:])
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    evaluation_workdir = f'{workdir}_{"knn" if mode == "kNN" else "linear"}'
+    evaluation_block = summary_block(evaluation.stdout, f'{title} of {evaluation_workdir}')
+    assert evaluation_block['results'] == os.path.join(evaluation_workdir, result_name)
+
+
+def summary_block(stdout: str, title: str) -> dict[str, str]:
+  """{row name: value} of the closing block titled `title`, the last thing printed."""
+  lines = stdout.strip().splitlines()
+  start = lines.index(f'== {title} ==')
+  rows = [re.split(r'\s{2,}', line, maxsplit=1) for line in lines[start + 1:]]
+  return {name: value for name, value in rows}

@@ -116,6 +116,12 @@ ARCHITECTURES: dict[str, tuple[Sequence[int], Callable]] = {
 BACKBONE_NAMES = tuple(ARCHITECTURES)
 
 
+def total_stride(cifar_stem: bool) -> int:
+  """Input pixels per pixel of the last stage: the stem's (1, or 4 with the 7x7 stride-2
+  convolution and the max-pool) times the three strided stages' 8."""
+  return (1 if cifar_stem else 4) * 8
+
+
 def create_backbone(name: str, *, width: int = 64, cifar_stem: bool = False,
                     dtype: Any = jnp.float32) -> ResNet:
   if name not in ARCHITECTURES:

@@ -1,0 +1,260 @@
+"""Every command-line tool answers a bad input with one `error:` line, not a traceback.
+
+One table of cases across `simsiam_jax.main` (all three modes), `ablations`, `curves` and
+`convert`: config values of every type, flags, image folders with unusable contents,
+checkpoints that are missing, truncated, foreign or of another model, workdirs that cannot
+be written. Each case must exit with status 2, print exactly one line starting with
+`error:` that names the field or path, print no traceback, and leave the checkpoints of an
+existing run byte-identical. The cases run as subprocesses, a few at a time.
+"""
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_main import REPO_ROOT
+from test_train_loop import TINY_RUN
+
+LINEAR = ['--config.mode=linear_eval', '--config.linear.batch_size=16',
+          '--config.linear.num_epochs=1']
+KNN = ['--config.mode=knn']
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  tool: str  # Module run with `python -m`.
+  args: tuple[str, ...]
+  # Must appear in the error line; {placeholders} are paths of the `places` fixture.
+  expected: str
+
+
+def main_case(name, *args, expected, base=tuple(TINY_RUN)):
+  return Case(name, 'simsiam_jax.main', (*base, '--workdir={new_workdir}', *args), expected)
+
+
+def eval_case(name, mode_args, *args, expected):
+  return main_case(name, *mode_args, '--config.pretrained_workdir={pretrained}', *args,
+                   expected=expected)
+
+
+def folder_case(name, root, *args, expected):
+  return main_case(name, '--config.data.source=folder', f'--config.data.root={{{root}}}',
+                   *args, expected=expected)
+
+
+CASES = [
+    # Config values: numbers, ranges, choices, pairs, types, unknown fields.
+    main_case('batch_not_divisible', '--config.batch_size=12', expected='config.batch_size=12'),
+    main_case('batch_larger_than_dataset', '--config.batch_size=128',
+              expected='config.batch_size=128'),
+    main_case('batch_not_a_number', '--config.batch_size=abc', expected='--config.batch_size'),
+    main_case('unknown_model', '--config.model.name=resnet51', expected='config.model.name'),
+    main_case('negative_lr', '--config.base_lr=-0.1', expected='config.base_lr'),
+    main_case('zero_epochs', '--config.num_epochs=0', expected='config.num_epochs'),
+    main_case('unknown_schedule', '--config.lr_schedule=linear', expected='config.lr_schedule'),
+    main_case('momentum_one', '--config.momentum=1.0', expected='config.momentum'),
+    main_case('unknown_mode', '--config.mode=train', expected='config.mode'),
+    main_case('unknown_field', '--config.data.nonfield=3', expected='--config.data.nonfield'),
+    main_case('crop_scale_reversed', '--config.aug.crop_scale=(1.5,0.2)',
+              expected='config.aug.crop_scale'),
+    main_case('crop_scale_one_number', '--config.aug.crop_scale=(0.5,)',
+              expected='config.aug.crop_scale'),
+    main_case('crop_ratio_zero', '--config.aug.crop_ratio=(0.0,1.0)',
+              expected='config.aug.crop_ratio'),
+    main_case('hue_above_half', '--config.aug.hue=0.7', expected='config.aug.hue'),
+    main_case('negative_brightness', '--config.aug.brightness=-0.1',
+              expected='config.aug.brightness'),
+    main_case('probability_above_one', '--config.aug.grayscale_prob=1.5',
+              expected='config.aug.grayscale_prob'),
+    main_case('blur_sigma_reversed', '--config.aug.blur_sigma=(2.0,0.1)',
+              expected='config.aug.blur_sigma'),
+    main_case('knn_k_zero', '--config.knn.k=0', expected='config.knn.k'),
+    main_case('knn_k_not_an_integer', '--config.knn.k=2.5', expected='--config.knn.k'),
+    main_case('knn_temperature_zero', '--config.knn.temperature=0.0',
+              expected='config.knn.temperature'),
+    main_case('image_smaller_than_stem', '--config.model.cifar_stem=False',
+              expected='config.data.image_size'),
+    main_case('eval_crop_fraction_zero', '--config.data.eval_crop_fraction=0.0',
+              expected='config.data.eval_crop_fraction'),
+    main_case('unknown_jpeg_decoder', '--config.data.jpeg_dct_method=FASTEST',
+              expected='config.data.jpeg_dct_method'),
+    main_case('unknown_synthetic_split', '--config.data.eval_split=val',
+              expected='config.data.eval_split'),
+    # Flags and files.
+    main_case('missing_config_file', expected='configs/missing.py',
+              base=('--config=configs/missing.py',)),
+    main_case('unknown_flag', '--bogus=1', expected='bogus'),
+    main_case('stray_argument', 'extra', expected='extra'),
+    Case('workdir_is_a_file', 'simsiam_jax.main', (*TINY_RUN, '--workdir={a_file}'),
+         '{a_file}'),
+    Case('workdir_parent_missing', 'simsiam_jax.main',
+         (*TINY_RUN, '--workdir={missing}/run'), '--workdir'),
+    Case('workdir_read_only', 'simsiam_jax.main', (*TINY_RUN, '--workdir={read_only}/run'),
+         '{read_only}/run'),
+    # Image folders.
+    folder_case('folder_missing', 'missing', expected='config.data.root'),
+    folder_case('folder_one_class', 'one_class', expected='config.data.eval_train_split'),
+    folder_case('folder_eval_classes_not_in_train', 'other_classes',
+                expected='config.data.eval_split'),
+    folder_case('folder_only_unreadable_images', 'unreadable',
+                expected='config.data.train_split'),
+    folder_case('folder_split_missing', 'one_class', '--config.data.train_split=nope',
+                expected='config.data.train_split'),
+    # Checkpoints: resuming another model, evaluating what is not there or not readable.
+    Case('resume_with_another_model', 'simsiam_jax.main',
+         (*TINY_RUN, '--workdir={resumed}', '--config.model.width=8'),
+         'config.model.width: 4 -> 8'),
+    eval_case('knn_of_another_model', KNN, '--config.model.width=8',
+              expected='config.model.width: 4 -> 8'),
+    main_case('knn_without_pretrained_workdir', *KNN, expected='config.pretrained_workdir'),
+    main_case('knn_of_a_workdir_without_checkpoints', *KNN,
+              '--config.pretrained_workdir={missing}', expected='{missing}'),
+    main_case('linear_of_a_truncated_checkpoint', *LINEAR,
+              '--config.pretrained_workdir={truncated}', expected='{truncated}'),
+    main_case('knn_of_a_foreign_checkpoint', *KNN, '--config.pretrained_workdir={foreign}',
+              expected='{foreign}'),
+    eval_case('linear_batch_zero', LINEAR, '--config.linear.batch_size=0',
+              expected='config.linear.batch_size'),
+    eval_case('linear_momentum_above_one', LINEAR, '--config.linear.momentum=1.5',
+              expected='config.linear.momentum'),
+    eval_case('linear_crop_scale_reversed', LINEAR, '--config.linear.crop_scale=(1.0,0.08)',
+              expected='config.linear.crop_scale'),
+    eval_case('linear_unknown_schedule', LINEAR, '--config.linear.lr_schedule=step',
+              expected='config.linear.lr_schedule'),
+    # The other tools.
+    Case('ablations_unknown_variant', 'simsiam_jax.ablations',
+         (*TINY_RUN, '--workdir={new_workdir}', '--variants=bogus'), 'bogus'),
+    Case('ablations_bad_config_value', 'simsiam_jax.ablations',
+         (*TINY_RUN, '--workdir={new_workdir}', '--config.knn.k=0'), 'config.knn.k'),
+    Case('curves_without_checkpoints', 'simsiam_jax.curves',
+         ('--workdirs={missing}', '--out={new_workdir}.png'), '{missing}'),
+    Case('curves_labels_do_not_match', 'simsiam_jax.curves',
+         ('--workdirs={pretrained}', '--labels=a,b', '--out={new_workdir}.png'), '--labels'),
+    Case('convert_missing_torch_file', 'simsiam_jax.convert',
+         ('--config=configs/default.py', '--workdir={new_workdir}',
+          '--import_torch={missing}.pth'), '{missing}.pth'),
+    Case('convert_foreign_file', 'simsiam_jax.convert',
+         ('--config=configs/default.py', '--workdir={new_workdir}',
+          '--import_torch={a_file}'), '{a_file}'),
+    Case('convert_no_action', 'simsiam_jax.convert',
+         ('--config=configs/default.py', '--workdir={new_workdir}'), '--import_torch'),
+    Case('convert_export_without_checkpoints', 'simsiam_jax.convert',
+         (*TINY_RUN, '--workdir={missing}', '--export_torchvision={new_workdir}.pth'),
+         '{missing}'),
+]
+
+
+def _write_folder(root, classes_by_split, image=None, count=16):
+  pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
+  for split, classes in classes_by_split.items():
+    for name in classes:
+      os.makedirs(os.path.join(root, split, name))
+      for i in range(count):
+        path = os.path.join(root, split, name, f'{i}.jpg')
+        if image is None:
+          Image.fromarray(pixels).save(path)
+        else:
+          with open(path, 'wb') as f:
+            f.write(image)
+
+
+def _checkpoint_digest(workdir):
+  digest = hashlib.sha256()
+  for root, _, files in sorted(os.walk(os.path.join(workdir, 'checkpoints'))):
+    for name in sorted(files):
+      with open(os.path.join(root, name), 'rb') as f:
+        digest.update(os.path.join(root, name).encode() + f.read())
+  return digest.hexdigest()
+
+
+def _read_only_directory(tmp_path):
+  if os.geteuid() == 0:  # Root writes through permission bits; /sys refuses even root.
+    return '/sys'
+  path = tmp_path / 'read_only'
+  path.mkdir()
+  path.chmod(0o555)
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def places(tmp_path_factory):
+  """The paths the cases name: a pretrained run and damaged or foreign copies of it."""
+  tmp = tmp_path_factory.mktemp('bad_input')
+  pretrained = str(tmp / 'pretrained')
+  run = subprocess.run([sys.executable, '-m', 'simsiam_jax.main', *TINY_RUN,
+                        '--config.num_epochs=1', f'--workdir={pretrained}'],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  paths = {'pretrained': pretrained, 'missing': str(tmp / 'missing'),
+           'read_only': _read_only_directory(tmp)}
+  for name in ('resumed', 'truncated', 'foreign'):
+    paths[name] = str(tmp / name)
+    shutil.copytree(pretrained, paths[name])
+  for root, _, files in os.walk(os.path.join(paths['truncated'], 'checkpoints')):
+    for name in files:  # Every file of every step cut to half its length.
+      path = os.path.join(root, name)
+      with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+  shutil.rmtree(os.path.join(paths['foreign'], 'checkpoints'))
+  os.makedirs(os.path.join(paths['foreign'], 'checkpoints', '4'))
+  with open(os.path.join(paths['foreign'], 'checkpoints', '4', 'model.bin'), 'wb') as f:
+    f.write(os.urandom(1000))
+  paths['a_file'] = str(tmp / 'a_file.txt')
+  with open(paths['a_file'], 'w') as f:
+    f.write('not a checkpoint, not a directory\n')
+  _write_folder(tmp / 'one_class', {'train': ['cat'], 'test': ['cat']})
+  _write_folder(tmp / 'other_classes', {'train': ['cat', 'dog'], 'test': ['cat', 'cow']})
+  _write_folder(tmp / 'unreadable', {'train': ['cat', 'dog'], 'test': ['cat', 'dog']},
+                image=b'')
+  for name in ('one_class', 'other_classes', 'unreadable'):
+    paths[name] = str(tmp / name)
+  return paths
+
+
+@pytest.fixture(scope='module')
+def results(places, tmp_path_factory):
+  """{case name: (command result, the checkpoints' digests before and after)}, run 3 at a time."""
+  runs = tmp_path_factory.mktemp('runs')
+  digests = {name: _checkpoint_digest(places[name])
+             for name in ('pretrained', 'resumed', 'truncated', 'foreign')}
+
+  def run(case):
+    values = {**places, 'new_workdir': str(runs / case.name)}
+    args = [arg.format(**values) for arg in case.args]
+    return subprocess.run([sys.executable, '-m', case.tool, *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    outcomes = dict(zip((case.name for case in CASES), pool.map(run, CASES)))
+  after = {name: _checkpoint_digest(places[name]) for name in digests}
+  return outcomes, digests, after
+
+
+def test_the_table_has_at_least_30_cases_with_distinct_names():
+  assert len(CASES) >= 30 and len({case.name for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize('case', CASES, ids=lambda case: case.name)
+def test_bad_input_is_one_clear_error_line(case, places, results):
+  outcomes, _, _ = results
+  result = outcomes[case.name]
+  report = f'stdout:\n{result.stdout[-2000:]}\nstderr:\n{result.stderr[-4000:]}'
+  assert result.returncode == 2, report
+  assert 'Traceback' not in result.stderr + result.stdout, report
+  error_lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(error_lines) == 1, report
+  assert case.expected.format(**places) in error_lines[0], report
+
+
+def test_no_case_changed_the_checkpoints_of_an_existing_run(results):
+  _, before, after = results
+  assert before == after
