@@ -42,9 +42,11 @@ def get_data_config() -> ml_collections.ConfigDict:
   # Labeled splits used by the kNN monitor and linear evaluation.
   data.eval_train_split = 'train'
   data.eval_split = 'test'
-  # Size of each generated split when source == 'synthetic'.
+  # Size of each generated split when source == 'synthetic', and the seed of the generated
+  # dataset: like a downloaded one it does not change with config.seed.
   data.synthetic_train_examples = 2048
   data.synthetic_eval_examples = 512
+  data.synthetic_seed = 0
   data.image_size = 224
   # Shuffle buffer of the TFDS source, after its files are permuted (every epoch anew); the
   # folder and synthetic sources permute the examples.

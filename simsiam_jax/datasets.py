@@ -45,7 +45,7 @@ class Split:
     return len(self.class_names)
 
 
-def load_split(data_config, field: str, seed: int) -> Split:
+def load_split(data_config, field: str) -> Split:
   """The split named by config.data.<field> of the source config.data.source."""
   split = data_config[field]
   if data_config.source == 'synthetic':
@@ -53,7 +53,8 @@ def load_split(data_config, field: str, seed: int) -> Split:
       raise DataError(f'config.data.{field}: the synthetic source has splits '
                       f'{sorted(_SYNTHETIC_SPLITS)}, not {split!r}')
     size_field = 'synthetic_train_examples' if split == 'train' else 'synthetic_eval_examples'
-    return synthetic_split(split, data_config[size_field], data_config.image_size, seed)
+    return synthetic_split(split, data_config[size_field], data_config.image_size,
+                           data_config.synthetic_seed)
   if data_config.source == 'folder':
     return folder_split(data_config.root, split, field, data_config.image_size,
                         data_config.validate_files)

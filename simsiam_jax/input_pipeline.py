@@ -62,7 +62,7 @@ def decoding(data_config) -> augmentations.Decoding:
 
 
 def load_split(config, field: str) -> datasets.Split:
-  return datasets.load_split(config.data, field, config.seed)
+  return datasets.load_split(config.data, field)
 
 
 def num_pretrain_examples(config) -> int:

@@ -91,7 +91,7 @@ def test_processes_read_disjoint_shards_covering_the_split(config):
     assert all(b['view1'].shape[0] == 8 for b in batches)
     seen[process] = image_keys(np.concatenate([b['view1'] for b in batches]))
   assert not set(seen[0]) & set(seen[1])
-  images, _ = datasets.render_scene_views(100, 32, config.seed, 0)
+  images, _ = datasets.render_scene_views(100, 32, config.data.synthetic_seed, 0)
   everything = set(image_keys(images))
   covered = set(seen[0]) | set(seen[1])
   assert covered <= everything and len(covered) == 96 == len(seen[0]) + len(seen[1])
@@ -111,7 +111,7 @@ def eval_batches(config, **kwargs):
 
 
 def test_eval_batches_cover_split_once_with_padding(config):
-  images, labels = datasets.render_scene_views(40, 32, config.seed, 1)
+  images, labels = datasets.render_scene_views(40, 32, config.data.synthetic_seed, 1)
   per_process = {p: eval_batches(config, process_index=p, process_count=2)[1]
                  for p in (0, 1)}
   # 20 examples per process in batches of 8: 3 batches, the last padded with 4.
@@ -158,6 +158,14 @@ def test_synthetic_images_are_varied_and_deterministic():
   assert images.std(axis=(1, 2)).min() > 10  # No flat images.
   np.testing.assert_array_equal(images, datasets.render_scene_views(200, 32, 0, 0)[0])
   assert not np.array_equal(images, datasets.render_scene_views(200, 32, 1, 0)[0])
+
+
+def test_synthetic_data_do_not_change_with_the_training_seed(config):
+  images = {}
+  for seed in (0, 1):
+    config.seed = seed
+    images[seed] = np.concatenate([b['image'] for b in eval_batches(config)[1]])
+  np.testing.assert_array_equal(images[0], images[1])
 
 
 def test_synthetic_splits_show_the_same_scenes_through_other_windows():
@@ -235,23 +243,29 @@ def test_empty_class_folder_names_the_folder(config, tmp_path):
     input_pipeline.num_pretrain_examples(config)
 
 
-def test_corrupt_and_non_image_files_are_skipped_with_a_count(config, tmp_path, caplog):
-  write_folder(tmp_path, per_class=4)
+def test_corrupt_empty_truncated_and_non_image_files_are_skipped_with_a_count(
+    config, tmp_path, caplog):
+  write_folder(tmp_path, per_class=4, fmt='jpg')
   (tmp_path / 'train' / 'a' / 'junk.jpg').write_bytes(b'not an image at all')
   (tmp_path / 'train' / 'b' / 'text.png').write_text('hello')
+  (tmp_path / 'train' / 'b' / 'empty.jpg').write_bytes(b'')
+  whole = (tmp_path / 'train' / 'a' / '0.jpg').read_bytes()
+  (tmp_path / 'train' / 'a' / 'cut.jpg').write_bytes(whole[:len(whole) // 2])
   config = folder_config(config, tmp_path)
   with caplog.at_level(logging.WARNING):
     assert input_pipeline.num_pretrain_examples(config) == 8
-  assert 'Skipping 2 of 10 files' in caplog.text and 'junk.jpg' in caplog.text
+  assert 'Skipping 4 of 12 files' in caplog.text and 'junk.jpg' in caplog.text
   # Two full epochs run without error.
   assert len(pretrain_batches(config, 4, process_index=0, process_count=1)) == 4
 
 
-def test_truncated_jpeg_does_not_stop_the_epoch(config, tmp_path):
+def test_without_validation_a_truncated_jpeg_does_not_stop_the_epoch(config, tmp_path):
   write_folder(tmp_path, per_class=4, size=64, fmt='jpg')
   path = tmp_path / 'train' / 'a' / '0.jpg'
   path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
   config = folder_config(config, tmp_path)
+  config.data.validate_files = False
+  assert input_pipeline.num_pretrain_examples(config) == 8
   assert len(pretrain_batches(config, 4, process_index=0, process_count=1)) == 4
 
 
