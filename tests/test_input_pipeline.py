@@ -319,7 +319,7 @@ def tfds_data_dir(tmp_path_factory):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   class TinyShapes(tfds.core.GeneratorBasedBuilder):
-    """30 train / 10 test generated shapes, stored as PNG like TFDS's cifar10."""
+    """30 train / 10 test generated images, stored as PNG like TFDS's cifar10."""
     VERSION = tfds.core.Version('1.0.0')
 
     def _info(self):
