@@ -192,9 +192,10 @@ def validate_workdir(workdir: str | None):
            f'parent directory {parent} does not exist')
   _require(not os.path.exists(workdir) or os.path.isdir(workdir), '--workdir', workdir,
            'exists and is not a directory')
+  # A probe file, as permission bits do not tell (root, read-only mounts); the workdir itself
+  # is left to the run to create, so that a refused command leaves nothing behind.
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=workdir):
+    with tempfile.TemporaryFile(dir=workdir if os.path.isdir(workdir) else parent):
       pass
   except OSError as error:
     raise ConfigError(f'--workdir={workdir!r}: cannot write there ({error.strerror})') from error
