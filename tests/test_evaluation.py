@@ -31,6 +31,7 @@ def _linear_config(pretrained_workdir, cached_features):
   config.linear.cached_features = cached_features
   config.linear.batch_size = 16
   config.linear.num_epochs = 2
+  config.linear.eval_every_epochs = 1
   config.linear.log_every_steps = 2
   return config
 
