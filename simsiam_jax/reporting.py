@@ -6,6 +6,7 @@ import glob
 import logging as std_logging
 import math
 import os
+import struct
 import sys
 import time
 
@@ -37,9 +38,16 @@ def _event_files(workdir: str) -> list[str]:
 
 
 def _events(path: str):
-  # An explicit buffer size keeps TensorFlow from logging that it chose one.
-  for record in tf.data.TFRecordDataset(path, buffer_size=1 << 18):
-    yield event_pb2.Event.FromString(record.numpy())
+  """The events of a TensorBoard event file (TFRecord framing, read here in Python: through
+  tf.data, TensorFlow logs a notice about its read buffer). A record cut short by a killed
+  writer ends the file."""
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    while len(header := f.read(12)) == 12:  # uint64 length, uint32 CRC of the length.
+      length, = struct.unpack('<Q', header[:8])
+      data = f.read(length)
+      if len(data) < length or len(f.read(4)) < 4:  # The data and their CRC.
+        return
+      yield event_pb2.Event.FromString(data)
 
 
 def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
