@@ -159,22 +159,23 @@ class Checkpointer:
       self._lock_path = None
 
 
-def _restore_stored_config(manager: ocp.CheckpointManager):
-  """(step, {CONFIG: json}, unreadable steps) of the newest readable checkpoint, or None."""
+def _newest_stored_config(manager: ocp.CheckpointManager) -> ml_collections.ConfigDict | None:
+  """The config stored with the newest readable checkpoint, or None if there is none."""
 
   def restore_json(step):
     return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
 
-  return _restore_newest_readable(manager, restore_json)
+  restored = _restore_newest_readable(manager, restore_json)
+  return None if restored is None else ml_collections.ConfigDict(restored[1][CONFIG])
 
 
 def restore_config(workdir_or_checkpoint_dir: epath.PathLike) -> ml_collections.ConfigDict:
   """The config stored with the newest readable checkpoint of a run."""
   with _read_only_manager(workdir_or_checkpoint_dir, ocp.StandardCheckpointHandler()) as manager:
-    restored = _restore_stored_config(manager)
-    if restored is None:
-      raise CheckpointError(f'No checkpoint in {manager.directory}.')
-  return ml_collections.ConfigDict(restored[1][CONFIG])
+    stored_config = _newest_stored_config(manager)
+  if stored_config is None:
+    raise CheckpointError(f'No checkpoint in {manager.directory}.')
+  return stored_config
 
 
 def check_resumable(workdir: epath.PathLike, config: ml_collections.ConfigDict):
@@ -187,10 +188,9 @@ def check_resumable(workdir: epath.PathLike, config: ml_collections.ConfigDict):
   if not checkpoint_dir(workdir).is_dir():
     return
   with _read_only_manager(workdir, ocp.StandardCheckpointHandler()) as manager:
-    restored = _restore_stored_config(manager)
-  if restored is not None:
-    check_model_config(ml_collections.ConfigDict(restored[1][CONFIG]), config,
-                       manager.directory)
+    stored_config = _newest_stored_config(manager)
+  if stored_config is not None:
+    check_model_config(stored_config, config, manager.directory)
 
 
 def restore_backbone_variables(

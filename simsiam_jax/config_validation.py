@@ -61,6 +61,18 @@ def _require_in(config: ml_collections.ConfigDict, field: str, low: float, high:
            f'must be a number in {"(" if low_open else "["}{low:g}, {high:g}]')
 
 
+def _require_momentum(config: ml_collections.ConfigDict, field: str):
+  value = _get(config, field)
+  _require(_is_number(value) and 0 <= value < 1, f'config.{field}', value, 'must be in [0, 1)')
+
+
+def _require_every_epochs(config: ml_collections.ConfigDict, field: str):
+  """An evaluation period in epochs, where 0 means only at the end."""
+  value = _get(config, field)
+  _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+           f'config.{field}', value, 'must be an integer >= 0 (0: only at the end)')
+
+
 def _require_range(config: ml_collections.ConfigDict, field: str, high: float | None = None):
   """A (low, high) pair with 0 < low <= high (<= `high`)."""
   value = _get(config, field)
@@ -116,9 +128,7 @@ def _require_valid_knn(config: ml_collections.ConfigDict):
   _require(isinstance(config.knn.k, int) and config.knn.k > 0, 'config.knn.k', config.knn.k,
            'must be a positive integer')
   _require_positive(config, 'knn.temperature')
-  _require(isinstance(config.knn.every_epochs, int) and config.knn.every_epochs >= 0,
-           'config.knn.every_epochs', config.knn.every_epochs,
-           'must be an integer >= 0 (0: only at the end)')
+  _require_every_epochs(config, 'knn.every_epochs')
 
 
 def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
@@ -139,8 +149,7 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
     _require(_get(config, field) in choices, f'config.{field}', _get(config, field),
              f'choose one of {", ".join(choices)}')
   _require_in(config, 'weight_decay', 0, float('inf'))
-  _require(_is_number(config.momentum) and 0 <= config.momentum < 1, 'config.momentum',
-           config.momentum, 'must be in [0, 1)')
+  _require_momentum(config, 'momentum')
   _require(_is_number(config.warmup_epochs) and 0 <= config.warmup_epochs < config.num_epochs,
            'config.warmup_epochs', config.warmup_epochs,
            f'must be in [0, num_epochs={config.num_epochs})')
@@ -170,11 +179,8 @@ def validate_linear_config(config: ml_collections.ConfigDict, *, device_count: i
   _require_valid_data(config)
   _require(config.linear.lr_schedule in optimizer.LR_SCHEDULES, 'config.linear.lr_schedule',
            config.linear.lr_schedule, f'choose one of {", ".join(optimizer.LR_SCHEDULES)}')
-  _require(isinstance(config.linear.eval_every_epochs, int)
-           and config.linear.eval_every_epochs >= 0, 'config.linear.eval_every_epochs',
-           config.linear.eval_every_epochs, 'must be an integer >= 0 (0: only at the end)')
-  _require(_is_number(config.linear.momentum) and 0 <= config.linear.momentum < 1,
-           'config.linear.momentum', config.linear.momentum, 'must be in [0, 1)')
+  _require_every_epochs(config, 'linear.eval_every_epochs')
+  _require_momentum(config, 'linear.momentum')
   _require_in(config, 'linear.weight_decay', 0, float('inf'))
   _require_range(config, 'linear.crop_scale', high=1)
   for batch_field in ('batch_size', 'linear.batch_size'):

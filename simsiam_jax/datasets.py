@@ -230,8 +230,8 @@ def _image_size_or_none(path: str):
 def _drop_unreadable(paths, labels, image_size: int):
   """Drops files that are not complete JPEG/PNG images, warning with a count.
 
-  Reads headers and end markers only (no decoding). Images smaller than the crop are kept and upsampled,
-  as torchvision does, with a warning.
+  Reads headers and end markers only (no decoding). Images smaller than the crop are kept
+  and upsampled, as torchvision does, with a warning.
   """
   with concurrent.futures.ThreadPoolExecutor(32) as pool:
     sizes = list(pool.map(_image_size_or_none, paths))

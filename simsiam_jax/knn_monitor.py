@@ -13,12 +13,6 @@ from simsiam_jax import checkpointing, config_validation, features, input_pipeli
 from simsiam_jax import sharding
 
 
-def check_knn_data(config: ml_collections.ConfigDict):
-  """Checks, before any work, the data the kNN monitor will need: labeled eval splits with
-  the same classes. (A knn.k above the bank's size is no error: all of the bank votes.)"""
-  input_pipeline.labeled_eval_splits(config)
-
-
 def knn_top1(config: ml_collections.ConfigDict, backbone_variables, mesh: Mesh) -> float:
   """Top-1 accuracy in percent of config.data.eval_split against the bank of
   config.data.eval_train_split, all on device."""
@@ -47,7 +41,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   config_validation.validate_workdir(workdir)
   config_validation.validate_config(config, device_count=jax.device_count(),
                                     process_count=jax.process_count())
-  check_knn_data(config)
+  input_pipeline.labeled_eval_splits(config)  # Data errors before reading the checkpoint.
   mesh = sharding.create_mesh()
   variables, _ = checkpointing.restore_backbone_variables(config.pretrained_workdir, config)
   backbone = jax.device_put(features.backbone_variables(**variables), sharding.replicated(mesh))

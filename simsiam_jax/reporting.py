@@ -122,12 +122,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   or of no field ends as one `error:` line and exit status 2, as the other mistakes do."""
   try:
     remaining = flags.FLAGS(argv)
-    for name in ('config',):
-      if name in flags.FLAGS and flags.FLAGS[name].present:
-        path = config_flags.get_config_filename(flags.FLAGS[name])
-        if not os.path.isfile(path):
-          raise ValueError(f'--{name}={path}: no such file')
-        flags.FLAGS[name].value  # Loads the file now, not half-way into the run.
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
+      path = config_flags.get_config_filename(flags.FLAGS['config'])
+      if not os.path.isfile(path):
+        raise ValueError(f'--config={path}: no such file')
+      flags.FLAGS['config'].value  # Loads the file now, not half-way into the run.
     return remaining
   except (AttributeError, KeyError) as e:  # An override of a field the config lacks.
     key = str(e).strip('"\' ')

@@ -99,7 +99,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = optimizer.create_optimizer(config, steps_per_epoch)
   p_train_step = make_train_step(config, lr_schedule, mesh)
   checkpointing.check_resumable(workdir, config)
-  knn_monitor.check_knn_data(config)  # It runs at the end, if not before.
+  # The kNN monitor runs at the end, if not before: its data are checked now.
+  input_pipeline.labeled_eval_splits(config)
   preemption = checkpointing.install_sigterm_handler()
 
   with checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
