@@ -121,6 +121,20 @@ def get_linear_config() -> ml_collections.ConfigDict:
   return linear
 
 
+def get_simsiam_config() -> ml_collections.ConfigDict:
+  """Where SimSiam's z-targets come from (paper Sec. 5, methods/simsiam.py)."""
+  simsiam = ml_collections.ConfigDict()
+  # 'online' (SimSiam), 'k_step' (a target encoder refreshed every k steps) or
+  # 'memory_bank' (a moving average per image; the paper runs it without predictor).
+  simsiam.target = 'online'
+  # k of 'k_step', in steps; target_refresh_epochs > 0 gives k in epochs instead.
+  simsiam.target_refresh_steps = 1
+  simsiam.target_refresh_epochs = 0.0
+  # m of 'memory_bank': eta_x <- m * eta_x + (1 - m) * F(T'(x)).
+  simsiam.bank_momentum = 0.8
+  return simsiam
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # 'pretrain', 'linear_eval' (needs pretrained_workdir) or 'knn' (kNN of a checkpoint).
@@ -128,6 +142,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Workdir of a pretraining run whose latest checkpoint the evaluation modes read.
   config.pretrained_workdir = ml_collections.config_dict.placeholder(str)
   config.seed = 0
+  # The self-supervised method (simsiam_jax/methods) and its own settings.
+  config.method = 'simsiam'
+  config.simsiam = get_simsiam_config()
   config.model = get_model_config()
   config.data = get_data_config()
   config.aug = get_augmentation_config()

@@ -41,6 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -179,8 +180,8 @@ def restore_config(workdir_or_checkpoint_dir: epath.PathLike) -> ml_collections.
 
 
 def check_resumable(workdir: epath.PathLike, config: ml_collections.ConfigDict):
-  """Raises CheckpointError naming each model field (old -> new) in which `config` differs
-  from the run whose checkpoints are in `workdir`; returns if there are none.
+  """Raises CheckpointError naming each model or method field (old -> new) in which `config`
+  differs from the run whose checkpoints are in `workdir`; returns if there are none.
 
   Checked before the run opens its checkpoints, so that a mismatch leaves them untouched
   (a restore into the wrong shapes would fail on every step and set them aside).
@@ -190,7 +191,7 @@ def check_resumable(workdir: epath.PathLike, config: ml_collections.ConfigDict):
   with _read_only_manager(workdir, ocp.StandardCheckpointHandler()) as manager:
     stored_config = _newest_stored_config(manager)
   if stored_config is not None:
-    check_model_config(stored_config, config, manager.directory)
+    check_model_config(stored_config, config, manager.directory, state_fields=True)
 
 
 def restore_backbone_variables(
@@ -220,22 +221,35 @@ def restore_backbone_variables(
   return restored[STATE], stored_config
 
 
+# Fields that shape the train state besides config.model, with their value in checkpoints
+# written before they existed.
+STATE_FIELDS = {'method': 'simsiam', 'simsiam.target': 'online'}
+
+
 def check_model_config(stored_config: ml_collections.ConfigDict,
-                       config: ml_collections.ConfigDict, checkpoint_path: epath.PathLike):
-  """Raises CheckpointError naming every `model.*` field that differs, as
-  `config.model.<field>: <checkpoint's> -> <config's>`."""
+                       config: ml_collections.ConfigDict, checkpoint_path: epath.PathLike, *,
+                       state_fields: bool = False):
+  """Raises CheckpointError naming every `model.*` field (and with `state_fields`, every
+  field of STATE_FIELDS) that differs, as `config.<field>: <checkpoint's> -> <config's>`."""
   # Compared in their JSON form, as stored (tuples become lists).
-  stored_model = _config_to_json(stored_config.model)
-  model = _config_to_json(config.model)
+  stored, new = (_fields_to_compare(_config_to_json(c), state_fields)
+                 for c in (stored_config, config))
   missing = '<missing>'
-  differences = [
-      f'config.model.{field}: {stored_model.get(field, missing)} -> '
-      f'{model.get(field, missing)}'
-      for field in sorted(stored_model.keys() | model.keys())
-      if stored_model.get(field, missing) != model.get(field, missing)]
+  differences = [f'config.{field}: {stored.get(field, missing)} -> {new.get(field, missing)}'
+                 for field in sorted(stored.keys() | new.keys())
+                 if stored.get(field, missing) != new.get(field, missing)]
   if differences:
-    raise CheckpointError(f'the model of the checkpoints in {checkpoint_path} (old) differs '
-                          'from this config (new): ' + '; '.join(differences))
+    raise CheckpointError(f'the {"state" if state_fields else "model"} of the checkpoints in '
+                          f'{checkpoint_path} (old) differs from this config (new): ' +
+                          '; '.join(differences))
+
+
+def _fields_to_compare(config_json: dict[str, Any], state_fields: bool) -> dict[str, Any]:
+  flat = traverse_util.flatten_dict(config_json, sep='.')
+  fields = {k: v for k, v in flat.items() if k.startswith('model.')}
+  if state_fields:
+    fields.update({k: flat.get(k, default) for k, default in STATE_FIELDS.items()})
+  return fields
 
 
 def check_finite(step: int, metrics: Any):

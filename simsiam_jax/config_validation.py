@@ -17,69 +17,80 @@ class ConfigError(ValueError):
   """A config field or flag has a value the trainer cannot use."""
 
 
-def _require(condition: bool, field: str, value, requirement: str):
+def require(condition: bool, field: str, value, requirement: str):
   if not condition:
     raise ConfigError(f'{field}={value!r}: {requirement}')
 
 
-def _get(config: ml_collections.ConfigDict, field: str):
+def get_field(config: ml_collections.ConfigDict, field: str):
   value = config
   for key in field.split('.'):
     value = value[key]
   return value
 
 
-def _require_positive(config: ml_collections.ConfigDict, field: str):
-  value = _get(config, field)
-  _require(isinstance(value, (int, float)) and value > 0, f'config.{field}', value,
-           'must be a positive number')
+def require_positive(config: ml_collections.ConfigDict, field: str):
+  value = get_field(config, field)
+  require(isinstance(value, (int, float)) and value > 0, f'config.{field}', value,
+          'must be a positive number')
 
 
 def _require_divisible(config: ml_collections.ConfigDict, field: str, device_count: int,
                        process_count: int):
-  value = _get(config, field)
-  _require(value % device_count == 0, f'config.{field}', value,
-           f'must be divisible by the number of devices ({device_count})')
-  _require(value % process_count == 0, f'config.{field}', value,
-           f'must be divisible by the number of processes ({process_count})')
+  value = get_field(config, field)
+  require(value % device_count == 0, f'config.{field}', value,
+          f'must be divisible by the number of devices ({device_count})')
+  require(value % process_count == 0, f'config.{field}', value,
+          f'must be divisible by the number of processes ({process_count})')
+
+
+def require_choice(config: ml_collections.ConfigDict, field: str, choices):
+  value = get_field(config, field)
+  require(value in choices, f'config.{field}', value, f'choose one of {", ".join(choices)}')
+
+
+def require_positive_int(config: ml_collections.ConfigDict, field: str):
+  value = get_field(config, field)
+  require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+          f'config.{field}', value, 'must be a positive integer')
 
 
 def _require_known_model(config: ml_collections.ConfigDict):
-  _require(config.model.name in resnet.BACKBONE_NAMES, 'config.model.name', config.model.name,
-           f'unknown model; choose one of {", ".join(resnet.BACKBONE_NAMES)}')
+  require(config.model.name in resnet.BACKBONE_NAMES, 'config.model.name', config.model.name,
+          f'unknown model; choose one of {", ".join(resnet.BACKBONE_NAMES)}')
 
 
 def _is_number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _require_in(config: ml_collections.ConfigDict, field: str, low: float, high: float, *,
-                low_open: bool = False):
-  value = _get(config, field)
+def require_in(config: ml_collections.ConfigDict, field: str, low: float, high: float, *,
+               low_open: bool = False):
+  value = get_field(config, field)
   inside = _is_number(value) and (low < value if low_open else low <= value) and value <= high
-  _require(inside, f'config.{field}', value,
-           f'must be a number in {"(" if low_open else "["}{low:g}, {high:g}]')
+  require(inside, f'config.{field}', value,
+          f'must be a number in {"(" if low_open else "["}{low:g}, {high:g}]')
 
 
-def _require_momentum(config: ml_collections.ConfigDict, field: str):
-  value = _get(config, field)
-  _require(_is_number(value) and 0 <= value < 1, f'config.{field}', value, 'must be in [0, 1)')
+def require_momentum(config: ml_collections.ConfigDict, field: str):
+  value = get_field(config, field)
+  require(_is_number(value) and 0 <= value < 1, f'config.{field}', value, 'must be in [0, 1)')
 
 
 def _require_every_epochs(config: ml_collections.ConfigDict, field: str):
   """An evaluation period in epochs, where 0 means only at the end."""
-  value = _get(config, field)
-  _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-           f'config.{field}', value, 'must be an integer >= 0 (0: only at the end)')
+  value = get_field(config, field)
+  require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+          f'config.{field}', value, 'must be an integer >= 0 (0: only at the end)')
 
 
 def _require_range(config: ml_collections.ConfigDict, field: str, high: float | None = None):
   """A (low, high) pair with 0 < low <= high (<= `high`)."""
-  value = _get(config, field)
+  value = get_field(config, field)
   ok = (isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_is_number, value))
         and 0 < value[0] <= value[1] and (high is None or value[1] <= high))
   bound = f' <= {high:g}' if high is not None else ''
-  _require(ok, f'config.{field}', value, f'must be a pair (low, high) with 0 < low <= high{bound}')
+  require(ok, f'config.{field}', value, f'must be a pair (low, high) with 0 < low <= high{bound}')
 
 
 def _require_valid_augmentations(config: ml_collections.ConfigDict):
@@ -87,13 +98,13 @@ def _require_valid_augmentations(config: ml_collections.ConfigDict):
   _require_range(config, 'aug.crop_ratio')
   _require_range(config, 'aug.blur_sigma')
   for field in ('aug.brightness', 'aug.contrast', 'aug.saturation'):
-    _require_in(config, field, 0, float('inf'))
+    require_in(config, field, 0, float('inf'))
   # torchvision's ColorJitter: a hue shift beyond half the color wheel is no larger shift.
-  _require_in(config, 'aug.hue', 0, 0.5)
+  require_in(config, 'aug.hue', 0, 0.5)
   for field in ('aug.color_jitter_prob', 'aug.grayscale_prob', 'aug.blur_prob',
                 'aug.flip_prob'):
-    _require_in(config, field, 0, 1)
-  _require_in(config, 'aug.blur_kernel_fraction', 0, 1, low_open=True)
+    require_in(config, field, 0, 1)
+  require_in(config, 'aug.blur_kernel_fraction', 0, 1, low_open=True)
 
 
 def _require_image_size_fits_the_stem(config: ml_collections.ConfigDict):
@@ -101,33 +112,32 @@ def _require_image_size_fits_the_stem(config: ml_collections.ConfigDict):
   less), which trains and evaluates without an error but on nothing."""
   stride = resnet.total_stride(config.model.cifar_stem)
   hint = '' if config.model.cifar_stem else '; set config.model.cifar_stem=True for small images'
-  _require(config.data.image_size >= stride, 'config.data.image_size', config.data.image_size,
-           f'must be at least {stride}, the total stride of the '
-           f'{"CIFAR" if config.model.cifar_stem else "ImageNet"} stem network{hint}')
+  require(config.data.image_size >= stride, 'config.data.image_size', config.data.image_size,
+          f'must be at least {stride}, the total stride of the '
+          f'{"CIFAR" if config.model.cifar_stem else "ImageNet"} stem network{hint}')
 
 
 def _require_valid_data(config: ml_collections.ConfigDict):
-  _require_positive(config, 'data.image_size')
-  _require(isinstance(config.data.image_size, int), 'config.data.image_size',
-           config.data.image_size, 'must be an integer')
+  require_positive(config, 'data.image_size')
+  require(isinstance(config.data.image_size, int), 'config.data.image_size',
+          config.data.image_size, 'must be an integer')
   _require_image_size_fits_the_stem(config)
-  _require_in(config, 'data.eval_crop_fraction', 0, 1, low_open=True)
+  require_in(config, 'data.eval_crop_fraction', 0, 1, low_open=True)
   for field in ('data.mean', 'data.std'):
-    value = _get(config, field)
-    _require(isinstance(value, (tuple, list)) and len(value) == 3
-             and all(map(_is_number, value)), f'config.{field}', value,
-             'must be three numbers (R, G, B)')
-  _require(all(v > 0 for v in config.data.std), 'config.data.std', config.data.std,
-           'must be positive')
-  _require(config.data.jpeg_dct_method in augmentations.JPEG_DCT_METHODS,
-           'config.data.jpeg_dct_method', config.data.jpeg_dct_method,
-           f'choose one of {", ".join(augmentations.JPEG_DCT_METHODS)}')
+    value = get_field(config, field)
+    require(isinstance(value, (tuple, list)) and len(value) == 3
+            and all(map(_is_number, value)), f'config.{field}', value,
+            'must be three numbers (R, G, B)')
+  require(all(v > 0 for v in config.data.std), 'config.data.std', config.data.std,
+          'must be positive')
+  require(config.data.jpeg_dct_method in augmentations.JPEG_DCT_METHODS,
+          'config.data.jpeg_dct_method', config.data.jpeg_dct_method,
+          f'choose one of {", ".join(augmentations.JPEG_DCT_METHODS)}')
 
 
 def _require_valid_knn(config: ml_collections.ConfigDict):
-  _require(isinstance(config.knn.k, int) and config.knn.k > 0, 'config.knn.k', config.knn.k,
-           'must be a positive integer')
-  _require_positive(config, 'knn.temperature')
+  require_positive_int(config, 'knn.k')
+  require_positive(config, 'knn.temperature')
   _require_every_epochs(config, 'knn.every_epochs')
 
 
@@ -138,7 +148,7 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
                 'model.projector_layers', 'model.projector_hidden_dim',
                 'model.projector_dim', 'model.predictor_hidden_dim',
                 'checkpoint_every_steps', 'keep_checkpoints'):
-    _require_positive(config, field)
+    require_positive(config, field)
   _require_known_model(config)
   _require_divisible(config, 'batch_size', device_count, process_count)
   for field, choices in (('model.predictor', simsiam.PREDICTORS),
@@ -146,14 +156,13 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
                          ('similarity', tuple(losses.SIMILARITIES)),
                          ('loss_symmetry', losses.SYMMETRIES),
                          ('lr_schedule', optimizer.LR_SCHEDULES)):
-    _require(_get(config, field) in choices, f'config.{field}', _get(config, field),
-             f'choose one of {", ".join(choices)}')
-  _require_in(config, 'weight_decay', 0, float('inf'))
-  _require_momentum(config, 'momentum')
-  _require(_is_number(config.warmup_epochs) and 0 <= config.warmup_epochs < config.num_epochs,
-           'config.warmup_epochs', config.warmup_epochs,
-           f'must be in [0, num_epochs={config.num_epochs})')
-  _require_in(config, 'collapse_warning_fraction', 0, 1)
+    require_choice(config, field, choices)
+  require_in(config, 'weight_decay', 0, float('inf'))
+  require_momentum(config, 'momentum')
+  require(_is_number(config.warmup_epochs) and 0 <= config.warmup_epochs < config.num_epochs,
+          'config.warmup_epochs', config.warmup_epochs,
+          f'must be in [0, num_epochs={config.num_epochs})')
+  require_in(config, 'collapse_warning_fraction', 0, 1)
   _require_valid_data(config)
   _require_valid_augmentations(config)
   _require_valid_knn(config)
@@ -163,10 +172,10 @@ MODES = ('pretrain', 'linear_eval', 'knn')
 
 
 def validate_mode(config: ml_collections.ConfigDict):
-  _require(config.mode in MODES, 'config.mode', config.mode, f'choose one of {", ".join(MODES)}')
+  require(config.mode in MODES, 'config.mode', config.mode, f'choose one of {", ".join(MODES)}')
   if config.mode != 'pretrain':
-    _require(bool(config.pretrained_workdir), 'config.pretrained_workdir',
-             config.pretrained_workdir, f'is required when config.mode={config.mode!r}')
+    require(bool(config.pretrained_workdir), 'config.pretrained_workdir',
+            config.pretrained_workdir, f'is required when config.mode={config.mode!r}')
 
 
 def validate_linear_config(config: ml_collections.ConfigDict, *, device_count: int,
@@ -174,14 +183,14 @@ def validate_linear_config(config: ml_collections.ConfigDict, *, device_count: i
   """Every field linear evaluation reads; raises ConfigError on the first bad one."""
   for field in ('linear.batch_size', 'linear.num_epochs', 'linear.base_lr',
                 'linear.log_every_steps'):
-    _require_positive(config, field)
+    require_positive(config, field)
   _require_known_model(config)
   _require_valid_data(config)
-  _require(config.linear.lr_schedule in optimizer.LR_SCHEDULES, 'config.linear.lr_schedule',
-           config.linear.lr_schedule, f'choose one of {", ".join(optimizer.LR_SCHEDULES)}')
+  require(config.linear.lr_schedule in optimizer.LR_SCHEDULES, 'config.linear.lr_schedule',
+          config.linear.lr_schedule, f'choose one of {", ".join(optimizer.LR_SCHEDULES)}')
   _require_every_epochs(config, 'linear.eval_every_epochs')
-  _require_momentum(config, 'linear.momentum')
-  _require_in(config, 'linear.weight_decay', 0, float('inf'))
+  require_momentum(config, 'linear.momentum')
+  require_in(config, 'linear.weight_decay', 0, float('inf'))
   _require_range(config, 'linear.crop_scale', high=1)
   for batch_field in ('batch_size', 'linear.batch_size'):
     _require_divisible(config, batch_field, device_count, process_count)
@@ -189,15 +198,15 @@ def validate_linear_config(config: ml_collections.ConfigDict, *, device_count: i
 
 def validate_workdir(workdir: str | None):
   """The workdir is a directory this process can write, or can be created as one."""
-  _require(bool(workdir), '--workdir', workdir, 'is required')
+  require(bool(workdir), '--workdir', workdir, 'is required')
   # Remote file systems (gs://) have no local parent to check.
   if '://' in workdir:
     return
   parent = os.path.dirname(os.path.abspath(workdir))
-  _require(os.path.isdir(parent), '--workdir', workdir,
-           f'parent directory {parent} does not exist')
-  _require(not os.path.exists(workdir) or os.path.isdir(workdir), '--workdir', workdir,
-           'exists and is not a directory')
+  require(os.path.isdir(parent), '--workdir', workdir,
+          f'parent directory {parent} does not exist')
+  require(not os.path.exists(workdir) or os.path.isdir(workdir), '--workdir', workdir,
+          'exists and is not a directory')
   # A probe file, as permission bits do not tell (root, read-only mounts); the workdir itself
   # is left to the run to create, so that a refused command leaves nothing behind.
   try:

@@ -37,7 +37,8 @@ class Split:
   class_names: tuple[str, ...]
   # keys(process_index, process_count, shuffle_seed) -> tf.data.Dataset of keys.
   keys: Callable[..., tf.data.Dataset]
-  # read(key) -> {'image': string or uint8 [H, W, 3], 'label': int32}.
+  # read(key) -> {'image': string or uint8 [H, W, 3], 'label': int32}, and 'index' (int64,
+  # the example's position in the split) where the source has one (not TFDS).
   read: Callable[..., dict]
 
   @property
@@ -74,7 +75,7 @@ def indexed_split(num_examples: int, class_names: tuple[str, ...], read) -> Spli
       indices = tf.random.experimental.stateless_shuffle(indices, shuffle_seed)
     return tf.data.Dataset.from_tensor_slices(indices)
 
-  return Split(num_examples, class_names, keys, read)
+  return Split(num_examples, class_names, keys, lambda index: {**read(index), 'index': index})
 
 
 # ---------------------------------------------------------------------------------------

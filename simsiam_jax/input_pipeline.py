@@ -122,7 +122,10 @@ def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
                              process_count=None) -> Iterator[dict]:
   """This process's share of every global pretraining batch from `start_step` on, forever.
 
-  Yields {'view1', 'view2'}: uint8 numpy arrays [batch_size // process_count, H, W, 3].
+  Yields {'view1', 'view2'}: uint8 numpy arrays [batch_size // process_count, H, W, 3]
+  (and 'view3', 'view4' for two pairs per image), with 'index': int32, each image's
+  position in the split (for per-image state such as a memory bank), where the source
+  has one.
   """
   process_index, process_count = _processes(process_index, process_count)
 
@@ -135,6 +138,8 @@ def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
       views[f'view{2 * pair + 1}'], views[f'view{2 * pair + 2}'] = augmentations.two_views(
           example['image'], pair_seed, config.aug, config.data.image_size,
           decoding(config.data))
+    if 'index' in example:
+      views['index'] = tf.cast(example['index'], tf.int32)
     return views
 
   return _augmented_stream(config, load_split(config, 'train_split'), config.batch_size,

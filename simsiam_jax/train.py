@@ -1,72 +1,29 @@
-"""SimSiam pretraining: one sharded train step and the loop around it."""
+"""Pretraining: the loop around a method's sharded train step (methods/), which it knows
+only by its functions: data, checkpoints, evaluation and reporting are the same for all."""
 
-import functools
 import math
 from typing import Any, Callable
 
 import jax
 import ml_collections
-import optax
 from absl import logging
 from flax import traverse_util
 from jax.sharding import Mesh
 
 from simsiam_jax import checkpointing, config_validation, features, input_pipeline, knn_monitor
-from simsiam_jax import losses, optimizer, preprocess, reporting, sharding
-from simsiam_jax.models import create_model
-from simsiam_jax.train_state import TrainState, compute_dtype, create_train_state
+from simsiam_jax import methods, optimizer, reporting, sharding
+from simsiam_jax.train_state import TrainState, state_shardings
 
 
-def normalized_view_pairs(batch, config: ml_collections.ConfigDict) -> list[tuple]:
-  """[(view1, view2), ...] of a batch of uint8 views, normalised on the device.
-
-  The batch holds 'view1', 'view2' (and 'view3', 'view4' for two pairs per image).
-  """
-  normalize = functools.partial(preprocess.normalize_images, mean=config.data.mean,
-                                std=config.data.std, dtype=compute_dtype(config))
-  return [(normalize(batch[f'view{2 * i + 1}']), normalize(batch[f'view{2 * i + 2}']))
-          for i in range(losses.num_view_pairs(config.loss_symmetry))]
-
-
-def loss_fn(params, batch_stats, apply_fn, pairs, config: ml_collections.ConfigDict):
-  """(loss, (per-pair outputs, new batch_stats)) of the model in train mode on view pairs."""
-  outputs = []
-  for view1, view2 in pairs:
-    pair_outputs, mutated = apply_fn({'params': params, 'batch_stats': batch_stats},
-                                     view1, view2, train=True, mutable=['batch_stats'])
-    batch_stats = mutated['batch_stats']
-    outputs.append(pair_outputs)
-  loss = losses.simsiam_loss(outputs, symmetric=config.loss_symmetry == 'symmetric',
-                             stop_gradient=config.stop_gradient, similarity=config.similarity)
-  return loss, (outputs, batch_stats)
-
-
-def train_step(state: TrainState, batch, *, config: ml_collections.ConfigDict,
-               lr_schedule: optax.Schedule):
-  """One SGD step on a global batch of uint8 view pairs; returns the new state and metrics."""
-  pairs = normalized_view_pairs(batch, config)
-  (loss, (outputs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, state.batch_stats, state.apply_fn, pairs, config)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-
-  def mean_std(name):
-    values = [losses.normalized_std(o[f'{name}{v}']) for o in outputs for v in (1, 2)]
-    return sum(values) / len(values)
-
-  metrics = {'loss': loss, 'learning_rate': lr_schedule(state.step),
-             'z_std': mean_std('z'), 'p_std': mean_std('p')}
-  return new_state, metrics
-
-
-def make_train_step(config: ml_collections.ConfigDict, lr_schedule: optax.Schedule,
-                    mesh: Mesh) -> Callable:
-  """The train step jit-compiled for `mesh`: batch sharded over `data`, state replicated."""
-  replicated = sharding.replicated(mesh)
-  return jax.jit(
-      functools.partial(train_step, config=config, lr_schedule=lr_schedule),
-      in_shardings=(replicated, sharding.batch_sharding(mesh)),
-      out_shardings=(replicated, replicated),
-      donate_argnums=0)
+def make_train_step(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh: Mesh,
+                    state: TrainState) -> Callable:
+  """The method's train step jit-compiled for `mesh`: the batch sharded over `data`, the
+  state kept where `state` is (replicated, a memory bank split by rows)."""
+  shardings = state_shardings(state)
+  return jax.jit(methods.get(config.method).train_step_fn(config, steps_per_epoch),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)),
+                 donate_argnums=0)
 
 
 def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -83,7 +40,7 @@ def _knn_due(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Pretrains SimSiam as `config` says in `workdir`, resuming from its latest checkpoint.
+  """Pretrains config.method as `config` says in `workdir`, resuming from its last checkpoint.
 
   Returns the metrics of the last reporting window, the last kNN top-1, the first and last
   step this call trained, the run's total steps and the z-std of no collapse, 1/sqrt(d).
@@ -91,13 +48,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_validation.validate_workdir(workdir)
   config_validation.validate_config(config, device_count=jax.device_count(),
                                     process_count=jax.process_count())
+  method = methods.get(config.method)
+  method.validate(config)
   mesh = sharding.create_mesh()
+  num_examples = input_pipeline.num_pretrain_examples(config)
   steps_per_epoch = input_pipeline.pretrain_steps_per_epoch(config)
   total_steps = optimizer.num_train_steps(config, steps_per_epoch)
-  lr_schedule = optimizer.cosine_schedule(config, steps_per_epoch)
-  model = create_model(config.model, dtype=compute_dtype(config))
   tx = optimizer.create_optimizer(config, steps_per_epoch)
-  p_train_step = make_train_step(config, lr_schedule, mesh)
   checkpointing.check_resumable(workdir, config)
   # The kNN monitor runs at the end, if not before: its data are checked now.
   input_pipeline.labeled_eval_splits(config)
@@ -105,7 +62,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   with checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
                                   save_every_steps=config.checkpoint_every_steps) as ckpt:
-    state = create_train_state(jax.random.key(config.seed), config, model, tx, mesh)
+    state = method.create_train_state(jax.random.key(config.seed), config, tx, mesh,
+                                      num_examples)
     start_step = 0
     restored = ckpt.restore(state)
     if restored is not None:
@@ -114,9 +72,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = reporting.create_summary_writer(workdir)
     if start_step == 0:
       writer.write_hparams(_hparams(config))
-    logging.info('Pretraining %s for steps %d-%d (%d per epoch) on %d devices, global batch '
-                 '%d.', config.model.name, start_step + 1, total_steps, steps_per_epoch,
-                 jax.device_count(), config.batch_size)
+    p_train_step = make_train_step(config, steps_per_epoch, mesh, state)
+    logging.info('Pretraining %s (%s) for steps %d-%d (%d per epoch) on %d devices, global '
+                 'batch %d.', config.model.name, config.method, start_step + 1, total_steps,
+                 steps_per_epoch, jax.device_count(), config.batch_size)
     summary = {'start_step': start_step, 'step': start_step, 'total_steps': total_steps,
                'z_std_target': 1 / math.sqrt(config.model.projector_dim)}
     reporter = reporting.ProgressReporter(

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simsiam_jax import ablations, input_pipeline, losses, optimizer, sharding, train
-from simsiam_jax import train_state
+import helpers
+from simsiam_jax import ablations, input_pipeline, losses, sharding
 from simsiam_jax.models import create_model
 
 STEPS_PER_EPOCH = 4
@@ -16,18 +16,14 @@ STEPS_PER_EPOCH = 4
 
 def _setup(config):
   mesh = sharding.create_mesh()
-  tx = optimizer.create_optimizer(config, STEPS_PER_EPOCH)
-  model = create_model(config.model)
-  state = train_state.create_train_state(jax.random.key(0), config, model, tx, mesh)
-  step_fn = train.make_train_step(config, optimizer.cosine_schedule(config, STEPS_PER_EPOCH),
-                                  mesh)
+  state, step_fn = helpers.state_and_step(config, mesh, STEPS_PER_EPOCH)
   batches = input_pipeline.prefetch_to_mesh(input_pipeline.create_pretrain_iterator(config),
                                             mesh)
-  return model, state, step_fn, batches
+  return state, step_fn, batches
 
 
 def _train(config, num_steps):
-  _, state, step_fn, batches = _setup(config)
+  state, step_fn, batches = _setup(config)
   history = []
   for batch in itertools.islice(batches, num_steps):
     state, metrics = step_fn(state, batch)
@@ -68,7 +64,7 @@ def test_no_predictor_makes_p_equal_z(tiny_config):
 
 def test_fixed_random_predictor_is_never_updated(tiny_config):
   tiny_config.model.predictor = 'fixed_random'
-  _, state, step_fn, batches = _setup(tiny_config)
+  state, step_fn, batches = _setup(tiny_config)
   predictor_before = jax.device_get(state.params['predictor'])
   projector_before = jax.device_get(state.params['projector'])
   for batch in itertools.islice(batches, 3):
@@ -127,7 +123,7 @@ def test_asymmetric_loss_predicts_from_the_first_view_only():
 def test_asymmetric_2x_trains_on_two_pairs_of_views_per_image(tiny_config):
   tiny_config.loss_symmetry = 'asymmetric_2x'
   batch = next(input_pipeline.create_pretrain_iterator(tiny_config))
-  assert sorted(batch) == ['view1', 'view2', 'view3', 'view4']
+  assert sorted(batch) == ['index', 'view1', 'view2', 'view3', 'view4']
   assert not np.array_equal(batch['view1'], batch['view3'])
   _, history = _train(tiny_config, 2)
   assert np.isfinite(history[-1]['loss'])

@@ -32,6 +32,7 @@ import torch
 import torch_reference as ref
 from configs import default
 from simsiam_jax import linear_eval, optimizer, preprocess, sharding, train
+from simsiam_jax.methods import simsiam
 from simsiam_jax.models import create_model, torchvision_format
 from simsiam_jax.train_state import TrainState
 
@@ -196,7 +197,7 @@ def test_float64_outputs_statistics_and_gradients_are_the_same_computation(case,
     pairs = [tuple(jnp.asarray(x.numpy().transpose(0, 2, 3, 1)) for x in (x1, x2))]
     variables = to_float64(variables)
     if train_mode:
-      (our_loss, (outputs, new_stats)), grads = jax.value_and_grad(train.loss_fn, has_aux=True)(
+      (our_loss, (outputs, new_stats)), grads = jax.value_and_grad(simsiam.loss_fn, has_aux=True)(
           variables['params'], variables['batch_stats'], ours.apply, pairs, config)
       outputs = outputs[0]
       our_features, _ = ours.apply(variables, pairs[0][0], train=True, mutable=['batch_stats'],
@@ -233,14 +234,14 @@ def test_float32_features_z_p_and_loss_match(case, train_mode):
   variables = import_variables(config, model)
   ours = create_model(config.model)
   batch = images(config, seed=1)
-  pairs = train.normalized_view_pairs(batch, config)
+  pairs = simsiam.normalized_view_pairs(batch, config)
   model.train(train_mode)
   expected = torch_outputs(model, batch, torch.float32)
   if train_mode:
     outputs, _ = ours.apply(variables, *pairs[0], train=True, mutable=['batch_stats'])
     features, _ = ours.apply(variables, pairs[0][0], train=True, mutable=['batch_stats'],
                              method=ours.features)
-    loss, _ = train.loss_fn(variables['params'], variables['batch_stats'], ours.apply, pairs,
+    loss, _ = simsiam.loss_fn(variables['params'], variables['batch_stats'], ours.apply, pairs,
                             config)
   else:
     outputs = ours.apply(variables, *pairs[0], train=False)
@@ -280,8 +281,7 @@ def _our_sgd_steps(config, variables, batches, steps_per_epoch, mesh, dtype=jnp.
       TrainState.create(apply_fn=create_model(config.model, dtype=dtype).apply,
                         params=variables['params'], batch_stats=variables['batch_stats'], tx=tx),
       sharding.replicated(mesh))
-  step_fn = train.make_train_step(config, optimizer.cosine_schedule(config, steps_per_epoch),
-                                  mesh)
+  step_fn = train.make_train_step(config, steps_per_epoch, mesh, state)
   losses = []
   for batch in batches:
     state, metrics = step_fn(state, jax.device_put(batch, sharding.batch_sharding(mesh)))

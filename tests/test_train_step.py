@@ -2,8 +2,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simsiam_jax import optimizer, sharding, train, train_state
-from simsiam_jax.models import create_model
+import helpers
+from simsiam_jax import optimizer, sharding
 
 STEPS_PER_EPOCH = 4
 
@@ -18,11 +18,7 @@ def _batch(config, seed=0):
 def _train(config, devices, num_steps=2):
   """Runs `num_steps` sharded train steps on `devices`; returns the state and metrics."""
   mesh = sharding.create_mesh(devices)
-  tx = optimizer.create_optimizer(config, STEPS_PER_EPOCH)
-  model = create_model(config.model, dtype=train_state.compute_dtype(config))
-  state = train_state.create_train_state(jax.random.key(0), config, model, tx, mesh)
-  step_fn = train.make_train_step(config, optimizer.cosine_schedule(config, STEPS_PER_EPOCH),
-                                  mesh)
+  state, step_fn = helpers.state_and_step(config, mesh, STEPS_PER_EPOCH)
   history = []
   for i in range(num_steps):
     batch = jax.device_put(_batch(config, seed=i), sharding.batch_sharding(mesh))
@@ -48,12 +44,8 @@ def test_eight_devices_match_one_device_on_the_same_global_batch(tiny_config):
 
 def test_step_updates_params_batch_stats_and_reports_metrics(tiny_config):
   mesh = sharding.create_mesh()
-  tx = optimizer.create_optimizer(tiny_config, STEPS_PER_EPOCH)
-  model = create_model(tiny_config.model)
-  state = train_state.create_train_state(jax.random.key(0), tiny_config, model, tx, mesh)
+  state, step_fn = helpers.state_and_step(tiny_config, mesh, STEPS_PER_EPOCH)
   before = jax.device_get((state.params, state.batch_stats))
-  step_fn = train.make_train_step(
-      tiny_config, optimizer.cosine_schedule(tiny_config, STEPS_PER_EPOCH), mesh)
   new_state, metrics = step_fn(state, jax.device_put(_batch(tiny_config),
                                                      sharding.batch_sharding(mesh)))
   after = jax.device_get((new_state.params, new_state.batch_stats))

@@ -1,0 +1,187 @@
+"""The EM variants of SimSiam (paper Sec. 5): k-step target network and memory bank."""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+import helpers
+from simsiam_jax import checkpointing, input_pipeline, sharding, train
+from simsiam_jax.methods import simsiam
+from simsiam_jax.models import create_model
+
+STEPS_PER_EPOCH = 4
+
+
+def _batches(config, mesh):
+  return input_pipeline.prefetch_to_mesh(input_pipeline.create_pretrain_iterator(config), mesh)
+
+
+def _run(config, num_steps, mesh=None):
+  """[(state after each step, metrics)] of `num_steps` real train steps."""
+  mesh = mesh or sharding.create_mesh()
+  state, step_fn = helpers.state_and_step(config, mesh, STEPS_PER_EPOCH)
+  history = []
+  for batch in itertools.islice(_batches(config, mesh), num_steps):
+    state, metrics = step_fn(state, batch)
+    history.append((jax.device_get(state), jax.device_get(metrics)))
+  return history
+
+
+def _apply_fn(config):
+  return create_model(config.model).apply
+
+
+def _encoder(params):
+  return {name: params[name] for name in simsiam.ENCODER_PARAMS}
+
+
+def test_one_step_alternation_is_simsiam_bit_for_bit(tiny_config):
+  online = _run(tiny_config, 3)
+  tiny_config.simsiam.target = 'k_step'
+  tiny_config.simsiam.target_refresh_steps = 1
+  k_step = _run(tiny_config, 3)
+  for (state, metrics), (k_state, k_metrics) in zip(online, k_step):
+    assert metrics['loss'] == k_metrics['loss']
+    jax.tree.map(np.testing.assert_array_equal, state.params, k_state.params)
+    jax.tree.map(np.testing.assert_array_equal, state.batch_stats, k_state.batch_stats)
+
+
+def test_k_step_target_is_refreshed_exactly_every_k_steps(tiny_config):
+  tiny_config.simsiam.target = 'k_step'
+  tiny_config.simsiam.target_refresh_steps = 3
+  mesh = sharding.create_mesh()
+  initial, _ = helpers.state_and_step(tiny_config, mesh, STEPS_PER_EPOCH)
+  target = jax.device_get(_encoder(initial.params))
+  for step, (state, _) in enumerate(_run(tiny_config, 7, mesh), start=1):
+    stored = state.method_state[simsiam.TARGET_PARAMS]
+    if step % 3 == 0:
+      target = _encoder(state.params)
+    # Between refreshes the online network moves on and the target stays.
+    jax.tree.map(np.testing.assert_array_equal, stored, target)
+    if step % 3:
+      assert not np.array_equal(stored['projector']['Dense_0']['kernel'],
+                                state.params['projector']['Dense_0']['kernel'])
+
+
+def test_k_step_loss_uses_the_target_encoders_projections(tiny_config):
+  """Step 3 of k = 3 predicts z of the step-0 weights, not of the current ones."""
+  tiny_config.simsiam.target = 'k_step'
+  tiny_config.simsiam.target_refresh_steps = 3
+  mesh = sharding.create_mesh()
+  history = _run(tiny_config, 3, mesh)
+  state_before, _ = history[1]
+  _, metrics = history[2]
+  batch = next(itertools.islice(_batches(tiny_config, mesh), 2, None))
+  pairs = simsiam.normalized_view_pairs(batch, tiny_config)
+  outputs, _ = simsiam.forward(state_before.params, state_before.batch_stats,
+                               _apply_fn(tiny_config), pairs)
+  target_params = state_before.method_state[simsiam.TARGET_PARAMS]
+  targets, _ = simsiam.forward({**target_params, 'predictor': state_before.params['predictor']},
+                               state_before.batch_stats, _apply_fn(tiny_config), pairs)
+  expected = simsiam.pair_loss([{**o, 'z1': t['z1'], 'z2': t['z2']}
+                                for o, t in zip(outputs, targets)], tiny_config)
+  online = simsiam.pair_loss(outputs, tiny_config)
+  np.testing.assert_allclose(metrics['loss'], expected, rtol=1e-5)
+  assert abs(float(online) - float(expected)) > 1e-4
+
+
+@pytest.fixture
+def bank_config(tiny_config):
+  tiny_config.simsiam.target = 'memory_bank'
+  tiny_config.simsiam.bank_momentum = 0.8
+  tiny_config.model.predictor = 'none'
+  return tiny_config
+
+
+def test_memory_bank_is_sharded_by_rows_over_the_devices(bank_config):
+  state, _ = helpers.state_and_step(bank_config, sharding.create_mesh(), STEPS_PER_EPOCH)
+  bank = state.method_state[simsiam.MEMORY_BANK]
+  assert bank.shape == (bank_config.data.synthetic_train_examples,
+                        bank_config.model.projector_dim)
+  assert bank.sharding.spec == jax.sharding.PartitionSpec(sharding.DATA_AXIS)
+  assert len(bank.sharding.device_set) == 8
+  assert bank.addressable_shards[0].data.shape[0] == bank.shape[0] // 8
+
+
+def test_memory_bank_updates_only_the_batchs_rows_with_momentum_m(bank_config):
+  mesh = sharding.create_mesh()
+  state, step_fn = helpers.state_and_step(bank_config, mesh, STEPS_PER_EPOCH)
+  rows = state.method_state[simsiam.MEMORY_BANK].shape[0]
+  rng = np.random.default_rng(0)
+  old_bank = rng.normal(size=state.method_state[simsiam.MEMORY_BANK].shape).astype(np.float32)
+  # Half the rows hold an average already; the others are visited for the first time.
+  filled = np.arange(rows) % 2 == 0
+  state = state.replace(method_state=jax.device_put(
+      {simsiam.MEMORY_BANK: old_bank, simsiam.BANK_FILLED: filled},
+      sharding.batch_sharding(mesh)))
+  batch = next(_batches(bank_config, mesh))
+  pairs = simsiam.normalized_view_pairs(batch, bank_config)
+  outputs, _ = simsiam.forward(jax.device_get(state.params), jax.device_get(state.batch_stats),
+                               _apply_fn(bank_config), pairs)
+  current = np.mean([outputs[0]['z1'], outputs[0]['z2']], axis=0)
+  new_state, metrics = step_fn(state, batch)
+
+  indices = np.asarray(batch['index'])
+  assert len(set(indices.tolist())) == len(indices) == bank_config.batch_size
+  expected = old_bank.copy()
+  expected[indices] = np.where(filled[indices, None], 0.8 * old_bank[indices] + 0.2 * current,
+                               current)
+  new_bank = np.asarray(new_state.method_state[simsiam.MEMORY_BANK])
+  untouched = np.setdiff1d(np.arange(rows), indices)
+  np.testing.assert_array_equal(new_bank[untouched], old_bank[untouched])
+  np.testing.assert_allclose(new_bank[indices], expected[indices], rtol=1e-5, atol=1e-6)
+  new_filled = np.asarray(new_state.method_state[simsiam.BANK_FILLED])
+  np.testing.assert_array_equal(new_filled, filled | np.isin(np.arange(rows), indices))
+
+  def negative_cosine(a, b):
+    a, b = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
+    return -np.mean(np.sum(a * b, axis=1))
+
+  eta = expected[indices]
+  expected_loss = np.mean([negative_cosine(outputs[0][z], eta) for z in ('z1', 'z2')])
+  np.testing.assert_allclose(metrics['loss'], expected_loss, rtol=1e-5)
+
+
+def _restore_final(config, workdir):
+  state, _ = helpers.state_and_step(config, sharding.create_mesh(), STEPS_PER_EPOCH)
+  with checkpointing.Checkpointer(workdir, max_to_keep=3, save_every_steps=1000) as ckpt:
+    restored, step = ckpt.restore(state)
+  arrays = {name: getattr(restored, name) for name in
+            ('step', 'params', 'batch_stats', 'opt_state', 'method_state')}
+  return jax.device_get(arrays), step
+
+
+class _StopAtStep:
+  """A preemption flag raised at the `step`-th poll of the loop (once per step)."""
+
+  def __init__(self, step):
+    self._polls_left = step
+
+  @property
+  def requested(self):
+    self._polls_left -= 1
+    return self._polls_left == 0
+
+
+@pytest.mark.parametrize('target', ['k_step', 'memory_bank'])
+def test_preempted_and_resumed_run_ends_in_the_uninterrupted_state(tiny_config, tmp_path,
+                                                                   monkeypatch, target):
+  tiny_config.simsiam.target = target
+  tiny_config.simsiam.target_refresh_steps = 3
+  tiny_config.model.predictor = 'none' if target == 'memory_bank' else 'mlp'
+  total_steps = tiny_config.num_epochs * STEPS_PER_EPOCH
+  train.train_and_evaluate(tiny_config, str(tmp_path / 'uninterrupted'))
+
+  monkeypatch.setattr(checkpointing, 'install_sigterm_handler', lambda: _StopAtStep(5))
+  summary = train.train_and_evaluate(tiny_config, str(tmp_path / 'resumed'))
+  assert summary['step'] == 5
+  monkeypatch.undo()
+  train.train_and_evaluate(tiny_config, str(tmp_path / 'resumed'))
+
+  expected, step = _restore_final(tiny_config, tmp_path / 'uninterrupted')
+  resumed, resumed_step = _restore_final(tiny_config, tmp_path / 'resumed')
+  assert step == resumed_step == total_steps
+  assert jax.tree.leaves(resumed['method_state'])
+  jax.tree.map(np.testing.assert_array_equal, resumed, expected)
