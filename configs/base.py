@@ -94,9 +94,18 @@ def get_knn_config() -> ml_collections.ConfigDict:
   knn = ml_collections.ConfigDict()
   knn.k = 200
   knn.temperature = 0.1
-  # Pretraining computes it every this many epochs (0: never) and at the end.
+  # Pretraining computes it every this many epochs (0: only at the end) and at the end.
   knn.every_epochs = 0
   return knn
+
+
+def get_evals_config() -> ml_collections.ConfigDict:
+  """Evaluators of the backbone during pretraining, as big_vision's config.evals: each key
+  names an evaluator of simsiam_jax/evaluators.py, its value holds `every_epochs` and the
+  evaluator's own settings. Delete a key to skip it."""
+  evals = ml_collections.ConfigDict()
+  evals.knn = get_knn_config()
+  return evals
 
 
 def get_linear_config() -> ml_collections.ConfigDict:
@@ -148,7 +157,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model = get_model_config()
   config.data = get_data_config()
   config.aug = get_augmentation_config()
-  config.knn = get_knn_config()
+  config.evals = get_evals_config()
   config.linear = get_linear_config()
 
   # Global batch over all devices and hosts.

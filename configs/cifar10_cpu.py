@@ -28,7 +28,7 @@ def get_config():
   # Decayed every step: over 12 epochs the official once-per-epoch staircase is coarse.
   config.lr_schedule = 'cosine'
   config.weight_decay = 5e-4
-  config.knn.every_epochs = 1
+  config.evals.knn.every_epochs = 1
   config.log_every_steps = 20
   config.checkpoint_every_steps = 200
   return config

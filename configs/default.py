@@ -41,7 +41,7 @@ def get_config():
   # Decayed every step: over 8 epochs the official once-per-epoch staircase is coarse.
   config.lr_schedule = 'cosine'
   config.log_every_steps = 8
-  config.knn.every_epochs = 2
+  config.evals.knn.every_epochs = 2
   # The linear evaluation the closing summary suggests: on cached features of the 2,048
   # generated training images, seconds on a CPU.
   config.linear.cached_features = True

@@ -1,27 +1,30 @@
-"""The paper's ablations at small scale, one command:
+"""The paper's experiments at small scale, one command per study:
 
   python -m simsiam_jax.ablations --config=configs/cifar10_cpu.py --workdir=/tmp/ablations \
-      [--variants=default,no_stop_gradient] [--config.num_epochs=3]
+      [--study=ablations|em] [--variants=default,no_stop_gradient] [--config.num_epochs=3]
 
-Pretrains the chosen variants for the same budget (the config's), each in `workdir/<variant>`
-(rerunning resumes or skips finished variants), then writes `workdir/ablations.md` (variant,
-final loss, z-std, kNN top-1, training minutes) and `workdir/stop_gradient.png`, the paper's
-Fig. 2 (training loss, z-std and kNN accuracy against epochs, with and without
-stop-gradient). Both cover every variant in `workdir`, so the variants can be run a few at a
-time.
+Studies: 'ablations' (Fig. 2, Tables 1-3, Sec. 4.5-4.6) and 'em' (Sec. 5: k-step
+alternation and the moving-average memory bank, beside the default's seed spread).
+Pretrains the chosen variants of the study for the same budget (the config's), each in
+`workdir/<variant>` (rerunning resumes or skips finished variants), then writes
+`workdir/<study>.md` (variant, the paper's reference, final loss, z-std, kNN top-1, training
+minutes) and a figure of the curves against epochs: `stop_gradient.png`, the paper's Fig. 2
+(with and without stop-gradient), or `em.png` (every EM variant). Both cover every variant of
+the study in `workdir`, so the variants can be run a few at a time.
 """
 
 import os
 
 import ml_collections
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from simsiam_jax import checkpointing, config_validation, curves, input_pipeline, reporting
 from simsiam_jax import train
 
-# Variant name -> (paper reference, config overrides).
-VARIANTS = {
+# Study -> variant name -> (paper reference, config overrides).
+ABLATIONS = {
     'default': ('Sec. 4 baseline', {}),
     'no_stop_gradient': ('Fig. 2', {'stop_gradient': False}),
     'no_predictor': ('Table 1a', {'model.predictor': 'none'}),
@@ -35,18 +38,39 @@ VARIANTS = {
     'asymmetric_2x': ('Sec. 4.6', {'loss_symmetry': 'asymmetric_2x'}),
     'half_batch': ('Table 2', {'batch_size': 0.5}),
 }
+# Paper Sec. 5, ImageNet linear top-1 after 100 epochs. 1-step is SimSiam (tests prove
+# k_step with k = 1 equal to it bit for bit, so 'simsiam' runs without the target copy).
+_K_STEP = {'simsiam.target': 'k_step'}
+EM = {
+    'simsiam': ('1-step (SimSiam): 68.1', {}),
+    'seed_1': ('seed spread of simsiam', {'seed': 1}),
+    'seed_2': ('seed spread of simsiam', {'seed': 2}),
+    'k_10': ('10-step: 68.7', {**_K_STEP, 'simsiam.target_refresh_steps': 10}),
+    'k_100': ('100-step: 68.9', {**_K_STEP, 'simsiam.target_refresh_steps': 100}),
+    'k_1_epoch': ('1-epoch: 67.0', {**_K_STEP, 'simsiam.target_refresh_epochs': 1.0}),
+    'memory_bank': ('moving average m=0.8, no predictor: 55.0',
+                    {'simsiam.target': 'memory_bank', 'model.predictor': 'none'}),
+}
+STUDIES = {'ablations': ABLATIONS, 'em': EM}
+# Study -> (figure file, {variant: legend label}, or None for every variant).
+FIGURES = {'ablations': ('stop_gradient.png', {'default': 'w/ stop-grad',
+                                               'no_stop_gradient': 'w/o stop-grad'}),
+           'em': ('em.png', None)}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for one sub-directory per variant and the report.')
-flags.DEFINE_list('variants', list(VARIANTS), f'Variants to run, of: {", ".join(VARIANTS)}.')
+flags.DEFINE_enum('study', 'ablations', list(STUDIES), 'Which experiments to run.')
+flags.DEFINE_list('variants', None, 'Variants of the study to run (default: all). Ablations: '
+                  f'{", ".join(ABLATIONS)}. EM: {", ".join(EM)}.')
 config_flags.DEFINE_config_file('config', None, 'Base configuration of every variant.',
                                 lock_config=True)
 
 
-def variant_config(base: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+def variant_config(base: ml_collections.ConfigDict, name: str,
+                   study: str = 'ablations') -> ml_collections.ConfigDict:
   """`base` with the variant's overrides; 'half_batch' halves the batch (lr scales along)."""
   config = ml_collections.ConfigDict(base.to_dict())
-  for field, value in VARIANTS[name][1].items():
+  for field, value in STUDIES[study][name][1].items():
     *parents, leaf = field.split('.')
     target = config
     for parent in parents:
@@ -55,49 +79,76 @@ def variant_config(base: ml_collections.ConfigDict, name: str) -> ml_collections
   return config
 
 
-def markdown_table(results: dict[str, dict]) -> str:
+def markdown_table(results: dict[str, dict], study: str = 'ablations') -> str:
   lines = ['| variant | paper | final loss | z-std (1/sqrt(d)) | kNN top-1 (%) | minutes | note |',
            '|---|---|---|---|---|---|---|']
   for name, result in results.items():
     c = result['curves']
-    lines.append(f'| {name} | {VARIANTS[name][0]} | {curves.last(c["loss"]):.3f} | '
+    lines.append(f'| {name} | {STUDIES[study][name][0]} | {curves.last(c["loss"]):.3f} | '
                  f'{curves.last(c["z_std"]):.4f} ({curves.last(c["z_std_target"]):.4f}) | '
                  f'{curves.last(c["knn_top1"]):.1f} | {result["minutes"]:.1f} | {result["note"]} |')
+  spread = seed_spread(results, study)
+  if spread:
+    lines.append(f'\nkNN top-1 of {spread["variant"]} over seeds {spread["seeds"]}: mean '
+                 f'{spread["mean"]:.2f}, std {spread["std"]:.2f}, range {spread["min"]:.2f}-'
+                 f'{spread["max"]:.2f}.')
   return '\n'.join(lines) + '\n'
 
 
-def plot_stop_gradient(results: dict[str, dict], path: str):
-  """The paper's Fig. 2: loss, z-std and kNN top-1 per epoch, with/without stop-gradient."""
-  curves.plot_curves({label: results[name]['curves'] for name, label in
-                      (('default', 'w/ stop-grad'), ('no_stop_gradient', 'w/o stop-grad'))
+def seed_spread(results: dict[str, dict], study: str) -> dict | None:
+  """kNN top-1 statistics of the study's first variant and its reseeded copies (variants
+  that override only the seed), or None without at least one copy."""
+  variants = STUDIES[study]
+  base = next(iter(variants))
+  copies = [name for name, (_, overrides) in variants.items() if list(overrides) == ['seed']]
+  names = [name for name in [base, *copies] if name in results]
+  if base not in names or len(names) < 2:
+    return None
+  top1 = np.array([curves.last(results[name]['curves']['knn_top1']) for name in names])
+  seeds = [variants[name][1].get('seed', 'base') for name in names]
+  return {'variant': base, 'seeds': ', '.join(map(str, seeds)), 'mean': top1.mean(),
+          'std': top1.std(ddof=1), 'min': top1.min(), 'max': top1.max()}
+
+
+def plot_study(results: dict[str, dict], workdir: str, study: str = 'ablations') -> str:
+  """The study's figure (loss, z-std and kNN top-1 per epoch) in `workdir`; its path."""
+  filename, labels = FIGURES[study]
+  labels = labels or {name: name for name in results}
+  path = os.path.join(workdir, filename)
+  curves.plot_curves({label: results[name]['curves'] for name, label in labels.items()
                       if name in results}, path)
+  return path
 
 
-def run_variants(base: ml_collections.ConfigDict, workdir: str, names: list[str]):
+def run_variants(base: ml_collections.ConfigDict, workdir: str, names: list[str],
+                 study: str = 'ablations'):
   """Pretrains each variant in `workdir/<name>`; a diverging variant stops, the others go on."""
-  unknown = [n for n in names if n not in VARIANTS]
+  variants = STUDIES[study]
+  unknown = [n for n in names if n not in variants]
   if unknown:
     raise config_validation.ConfigError(
-        f'--variants: unknown {", ".join(unknown)}; choose from {", ".join(VARIANTS)}')
+        f'--variants: unknown {", ".join(unknown)} in the {study} study; choose from '
+        f'{", ".join(variants)}')
   os.makedirs(workdir, exist_ok=True)
   for name in names:
-    logging.info('Ablation variant %s (%s): %s', name, VARIANTS[name][0], VARIANTS[name][1])
+    logging.info('Variant %s (%s): %s', name, variants[name][0], variants[name][1])
     try:
-      train.train_and_evaluate(variant_config(base, name), os.path.join(workdir, name))
+      train.train_and_evaluate(variant_config(base, name, study), os.path.join(workdir, name))
     except checkpointing.NonFiniteLossError as e:
       logging.warning('Variant %s diverged: %s', name, e)
 
 
-def collect_results(base: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+def collect_results(base: ml_collections.ConfigDict, workdir: str,
+                    study: str = 'ablations') -> dict[str, dict]:
   """{variant: curves, training minutes and a note} of every variant run in `workdir`, in
-  the order of VARIANTS; the minutes are those between the run's first and last summaries
+  the order of the study; the minutes are those between the run's first and last summaries
   (summed over resumptions), and the note says if it stopped before its last epoch."""
   results = {}
-  for name in VARIANTS:
+  for name in STUDIES[study]:
     variant_dir = os.path.join(workdir, name)
     if not os.path.isdir(variant_dir):
       continue
-    config = variant_config(base, name)
+    config = variant_config(base, name, study)
     steps_per_epoch = input_pipeline.pretrain_steps_per_epoch(config)
     run_curves = curves.read_curves(variant_dir, steps_per_epoch)
     epochs = max(run_curves['loss'], default=0.0)
@@ -113,12 +164,13 @@ def main(argv):
   with reporting.exit_on_error():
     reporting.check_no_arguments(argv)
     config_validation.validate_workdir(FLAGS.workdir)
-    run_variants(FLAGS.config, FLAGS.workdir, FLAGS.variants)
-    results = collect_results(FLAGS.config, FLAGS.workdir)
-  table = markdown_table(results)
-  with open(os.path.join(FLAGS.workdir, 'ablations.md'), 'w') as f:
+    study = FLAGS.study
+    run_variants(FLAGS.config, FLAGS.workdir, FLAGS.variants or list(STUDIES[study]), study)
+    results = collect_results(FLAGS.config, FLAGS.workdir, study)
+  table = markdown_table(results, study)
+  with open(os.path.join(FLAGS.workdir, f'{study}.md'), 'w') as f:
     f.write(table)
-  plot_stop_gradient(results, os.path.join(FLAGS.workdir, 'stop_gradient.png'))
+  plot_study(results, FLAGS.workdir, study)
   print(table)
 
 

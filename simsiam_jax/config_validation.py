@@ -135,10 +135,13 @@ def _require_valid_data(config: ml_collections.ConfigDict):
           f'choose one of {", ".join(augmentations.JPEG_DCT_METHODS)}')
 
 
-def _require_valid_knn(config: ml_collections.ConfigDict):
-  require_positive_int(config, 'knn.k')
-  require_positive(config, 'knn.temperature')
-  _require_every_epochs(config, 'knn.every_epochs')
+def _require_valid_evals(config: ml_collections.ConfigDict):
+  """The fields of config.evals; evaluators.create_evaluators checks the names."""
+  for name in config.evals:
+    _require_every_epochs(config, f'evals.{name}.every_epochs')
+  if 'knn' in config.evals:
+    require_positive_int(config, 'evals.knn.k')
+    require_positive(config, 'evals.knn.temperature')
 
 
 def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
@@ -165,7 +168,7 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
   require_in(config, 'collapse_warning_fraction', 0, 1)
   _require_valid_data(config)
   _require_valid_augmentations(config)
-  _require_valid_knn(config)
+  _require_valid_evals(config)
 
 
 MODES = ('pretrain', 'linear_eval', 'knn')

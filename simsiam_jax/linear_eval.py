@@ -10,7 +10,6 @@ Two modes:
 """
 
 import functools
-import json
 import math
 import os
 import time
@@ -26,8 +25,8 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from simsiam_jax import checkpointing, config_validation, features, input_pipeline, optimizer
-from simsiam_jax import reporting, sharding
+from simsiam_jax import checkpointing, config_validation, evaluators, features, input_pipeline
+from simsiam_jax import optimizer, reporting, sharding
 
 
 class LinearClassifier(nn.Module):
@@ -135,13 +134,6 @@ def augmented_feature_batches(config: ml_collections.ConfigDict, feature_fn, bac
   return (feature_fn(backbone, batch) for batch in images), steps_per_epoch
 
 
-def restore_backbone(config: ml_collections.ConfigDict, mesh: Mesh):
-  """The pretrained backbone's variables, replicated on `mesh`, after checking that the
-  checkpoint's model is the one this config describes."""
-  variables, _ = checkpointing.restore_backbone_variables(config.pretrained_workdir, config)
-  return jax.device_put(features.backbone_variables(**variables), sharding.replicated(mesh))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the linear classifier on the frozen backbone; returns top-1/top-5 in percent."""
   config_validation.validate_workdir(workdir)
@@ -152,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mode = 'cached features' if config.linear.cached_features else 'augmented views'
   writer = reporting.create_summary_writer(workdir)
   mesh = sharding.create_mesh()
-  backbone = restore_backbone(config, mesh)
+  backbone = evaluators.restore_backbone(config, mesh)
   feature_fn = features.make_feature_fn(config, mesh)
   make_batches = cached_feature_batches if config.linear.cached_features else (
       augmented_feature_batches)
@@ -205,9 +197,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   result = {'mode': mode, 'top1': history[last_epoch]['top1'],
             'top5': history[last_epoch]['top5'], 'best_top1': history[best_epoch]['top1'],
             'best_epoch': best_epoch, 'num_examples': history[last_epoch]['num_examples']}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'linear_eval.json'), 'w') as f:
-      json.dump({'pretrained_workdir': config.pretrained_workdir,
-                 'eval_split': config.data.eval_split, **result,
-                 'history': {str(e): h for e, h in history.items()}}, f, indent=2)
+  evaluators.write_result(workdir, 'linear_eval.json', config,
+                          {**result, 'history': {str(e): h for e, h in history.items()}})
   return result

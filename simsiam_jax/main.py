@@ -1,7 +1,7 @@
 """Entry point: `python -m simsiam_jax.main --config=configs/default.py --workdir=DIR`.
 
 Parses flags and hands over to the `train_and_evaluate` of the config's mode: pretraining
-(`train`), linear evaluation (`linear_eval`) or kNN of a checkpoint (`knn_monitor`).
+(`train`), linear evaluation (`linear_eval`) or kNN of a checkpoint (`evaluators`).
 Mistakes in the config, the flags, the data or the checkpoints end as one `error:` line on
 stderr and exit status 2; a diverged run (NaN/inf loss) ends the same way with status 1.
 """
@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import config_validation, knn_monitor, linear_eval, reporting, train
+from simsiam_jax import config_validation, evaluators, linear_eval, reporting, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for summaries and checkpoints.')
@@ -48,7 +48,7 @@ def main(argv):
                  jax.process_count(), jax.local_devices())
     run = {'pretrain': train.train_and_evaluate,
            'linear_eval': linear_eval.train_and_evaluate,
-           'knn': knn_monitor.evaluate_checkpoint}[FLAGS.config.mode]
+           'knn': evaluators.evaluate_checkpoint}[FLAGS.config.mode]
     result = run(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
     overrides = [arg for arg in sys.argv[1:] if arg.startswith('--config.') and '=' in arg]

@@ -233,7 +233,7 @@ def closing_summary(config: ml_collections.ConfigDict, workdir: str, result: dic
                                        f'--config.pretrained_workdir={workdir}'))]
   elif config.mode == 'knn':
     rows += [('kNN top-1', f'{result["knn_top1"]:.2f}% on {config.data.eval_split} '
-              f'(k={config.knn.k}, T={config.knn.temperature:g})'),
+              f'(k={config.evals.knn.k}, T={config.evals.knn.temperature:g})'),
              ('results', os.path.join(workdir, 'knn_eval.json')),
              ('next: linear', _command(config_file, f'{workdir}_linear', overrides,
                                        '--config.mode=linear_eval',

@@ -10,7 +10,7 @@ from absl import logging
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from simsiam_jax import checkpointing, config_validation, features, input_pipeline, knn_monitor
+from simsiam_jax import checkpointing, config_validation, evaluators, features, input_pipeline
 from simsiam_jax import methods, optimizer, reporting, sharding
 from simsiam_jax.train_state import TrainState, state_shardings
 
@@ -32,17 +32,11 @@ def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
 
 
-def _knn_due(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int,
-             total_steps: int) -> bool:
-  """At the end, and every knn.every_epochs from step 0 (the random-init baseline) on."""
-  every = config.knn.every_epochs * steps_per_epoch
-  return step == total_steps or (every > 0 and step % every == 0)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Pretrains config.method as `config` says in `workdir`, resuming from its last checkpoint.
 
-  Returns the metrics of the last reporting window, the last kNN top-1, the first and last
+  Returns the metrics of the last reporting window, the evaluators' last metrics (such as
+  knn_top1), the first and last
   step this call trained, the run's total steps and the z-std of no collapse, 1/sqrt(d).
   """
   config_validation.validate_workdir(workdir)
@@ -56,8 +50,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = optimizer.num_train_steps(config, steps_per_epoch)
   tx = optimizer.create_optimizer(config, steps_per_epoch)
   checkpointing.check_resumable(workdir, config)
-  # The kNN monitor runs at the end, if not before: its data are checked now.
-  input_pipeline.labeled_eval_splits(config)
+  # Evaluators run at the end, if not before: their data are checked now.
+  if config.evals:
+    input_pipeline.labeled_eval_splits(config)
+  run_evaluators = evaluators.create_evaluators(config, mesh)
   preemption = checkpointing.install_sigterm_handler()
 
   with checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
@@ -85,13 +81,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batches = input_pipeline.prefetch_to_mesh(
         input_pipeline.create_pretrain_iterator(config, start_step=start_step), mesh)
 
-    def monitor_knn(step):
-      summary['knn_top1'] = knn_monitor.knn_top1(
-          config, features.backbone_variables(state.params, state.batch_stats), mesh)
-      writer.write_scalars(step, {'knn_top1': summary['knn_top1']})
+    def evaluate(step):
+      variables = features.backbone_variables(state.params, state.batch_stats)
+      for evaluator in run_evaluators.values():
+        if evaluators.is_due(evaluator.every_epochs, step, steps_per_epoch, total_steps):
+          metrics = evaluator.run(variables)
+          summary.update(metrics)
+          writer.write_scalars(step, metrics)
 
-    if start_step == 0 and _knn_due(config, 0, steps_per_epoch, total_steps):
-      monitor_knn(0)
+    if start_step == 0:
+      evaluate(0)
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = p_train_step(state, next(batches))
       reporter.add(step, metrics)
@@ -106,7 +105,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if stop:
         logging.warning('Preempted: saved step %d; rerun the same command to resume.', step)
         break
-      if _knn_due(config, step, steps_per_epoch, total_steps):
-        monitor_knn(step)
+      evaluate(step)
     writer.flush()
   return summary

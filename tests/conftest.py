@@ -26,7 +26,7 @@ def make_tiny_config():
   config.batch_size = 16
   config.num_epochs = 2
   config.log_every_steps = 2
-  config.knn.every_epochs = 0
+  config.evals.knn.every_epochs = 0
   return config
 
 

@@ -9,6 +9,7 @@ import pytest
 
 import helpers
 from simsiam_jax import ablations, input_pipeline, losses, sharding
+from simsiam_jax.methods import simsiam
 from simsiam_jax.models import create_model
 
 STEPS_PER_EPOCH = 4
@@ -130,10 +131,10 @@ def test_asymmetric_2x_trains_on_two_pairs_of_views_per_image(tiny_config):
 
 
 def test_ablation_runner_reports_every_variant_of_the_workdir(tiny_config, tmp_path):
-  """Variants run a few at a time land in one table, in the order of VARIANTS."""
+  """Variants run a few at a time land in one table, in the order of the study."""
   tiny_config.num_epochs = 1
-  tiny_config.knn.every_epochs = 1
-  tiny_config.knn.k = 5
+  tiny_config.evals.knn.every_epochs = 1
+  tiny_config.evals.knn.k = 5
   ablations.run_variants(tiny_config, str(tmp_path), ['half_batch'])
   ablations.run_variants(tiny_config, str(tmp_path), ['default'])
   results = ablations.collect_results(tiny_config, str(tmp_path))
@@ -144,8 +145,9 @@ def test_ablation_runner_reports_every_variant_of_the_workdir(tiny_config, tmp_p
   assert len(results['half_batch']['curves']['loss']) == 2 * len(
       results['default']['curves']['loss'])  # Twice the steps per epoch.
   assert all(0 < r['minutes'] < 30 and r['note'] == '' for r in results.values())
-  ablations.plot_stop_gradient(results, str(tmp_path / 'fig.png'))
-  assert (tmp_path / 'fig.png').stat().st_size > 10_000
+  figure = ablations.plot_study(results, str(tmp_path))
+  assert figure == str(tmp_path / 'stop_gradient.png')
+  assert (tmp_path / 'stop_gradient.png').stat().st_size > 10_000
 
   tiny_config.num_epochs = 2  # As if the runs had stopped half-way.
   assert ablations.collect_results(tiny_config, str(tmp_path))['default']['note'] == (
@@ -155,3 +157,31 @@ def test_ablation_runner_reports_every_variant_of_the_workdir(tiny_config, tmp_p
 def test_unknown_ablation_variant_is_a_clear_error(tiny_config, tmp_path):
   with pytest.raises(ValueError, match='--variants: unknown no_such_variant'):
     ablations.run_variants(tiny_config, str(tmp_path), ['default', 'no_such_variant'])
+
+
+def _curves(knn_top1):
+  return {'loss': {1.0: -0.5}, 'z_std': {1.0: 0.1}, 'z_std_target': {1.0: 0.125},
+          'knn_top1': {0.0: 20.0, 1.0: knn_top1}}
+
+
+def test_em_study_table_lists_the_paper_values_and_the_seed_spread():
+  results = {name: {'curves': _curves(top1), 'minutes': 1.0, 'note': ''} for name, top1 in
+             (('simsiam', 40.0), ('seed_1', 42.0), ('seed_2', 47.0), ('k_10', 39.0))}
+  table = ablations.markdown_table(results, 'em')
+  assert '| k_10 | 10-step: 68.7 | -0.500 | 0.1000 (0.1250) | 39.0 | 1.0 |  |' in table
+  assert ('kNN top-1 of simsiam over seeds base, 1, 2: mean 43.00, std 3.61, range '
+          '40.00-47.00.') in table
+  del results['seed_1'], results['seed_2']
+  assert 'seeds' not in ablations.markdown_table(results, 'em')
+
+
+def test_em_variants_configure_the_targets_of_the_paper(tiny_config):
+  k_1_epoch = ablations.variant_config(tiny_config, 'k_1_epoch', 'em')
+  assert k_1_epoch.simsiam.target == 'k_step'
+  assert simsiam.target_refresh_steps(k_1_epoch, steps_per_epoch=195) == 195
+  k_10 = ablations.variant_config(tiny_config, 'k_10', 'em')
+  assert simsiam.target_refresh_steps(k_10, steps_per_epoch=195) == 10
+  bank = ablations.variant_config(tiny_config, 'memory_bank', 'em')
+  assert (bank.simsiam.target, bank.simsiam.bank_momentum, bank.model.predictor) == (
+      'memory_bank', 0.8, 'none')
+  assert ablations.variant_config(tiny_config, 'seed_2', 'em').seed == 2

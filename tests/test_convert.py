@@ -14,7 +14,7 @@ import torch
 
 import torch_reference as ref
 from conftest import make_tiny_config
-from simsiam_jax import checkpointing, convert, input_pipeline, knn_monitor, linear_eval
+from simsiam_jax import checkpointing, convert, evaluators, input_pipeline, linear_eval
 from simsiam_jax import optimizer, sharding, train
 from simsiam_jax.models import create_model, torchvision_format
 from simsiam_jax.train_state import create_train_state
@@ -162,8 +162,8 @@ def test_backbone_formats_import_the_backbone_and_evaluate(tmp_path, source, pre
                      numpy_state(model), config)
 
   config.pretrained_workdir = workdir
-  config.knn.k = 5
-  assert 0 <= knn_monitor.evaluate_checkpoint(config, str(tmp_path / 'knn'))['knn_top1'] <= 100
+  config.evals.knn.k = 5
+  assert 0 <= evaluators.evaluate_checkpoint(config, str(tmp_path / 'knn'))['knn_top1'] <= 100
   config.linear.batch_size, config.linear.num_epochs, config.linear.cached_features = 16, 1, True
   assert 'top1' in linear_eval.train_and_evaluate(config, str(tmp_path / 'linear'))
 

@@ -90,7 +90,7 @@ def test_frozen_backbone_features_do_not_depend_on_the_rest_of_the_batch(pretrai
 def test_knn_mode_evaluates_a_checkpoint(pretrained_workdir, tmp_path):
   result = run_main(*TINY_RUN, '--config.mode=knn',
                     f'--config.pretrained_workdir={pretrained_workdir}',
-                    '--config.knn.k=10', f'--workdir={tmp_path}')
+                    '--config.evals.knn.k=10', f'--workdir={tmp_path}')
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / 'knn_eval.json') as f:
     report = json.load(f)

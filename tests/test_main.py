@@ -19,7 +19,7 @@ def test_a_run_ends_with_a_summary_whose_next_commands_work(tmp_path):
   ending with its own summary block."""
   from test_train_loop import TINY_RUN  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
-  result = run_main(*TINY_RUN, '--config.num_epochs=2', '--config.knn.every_epochs=1',
+  result = run_main(*TINY_RUN, '--config.num_epochs=2', '--config.evals.knn.every_epochs=1',
                     '--config.linear.batch_size=16', '--config.linear.num_epochs=1',
                     f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr[-3000:]

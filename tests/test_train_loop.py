@@ -17,7 +17,7 @@ TINY_RUN = ['--config=configs/default.py', '--config.model.width=4',
             '--config.model.predictor_hidden_dim=8', '--config.data.image_size=16',
             '--config.data.synthetic_train_examples=64',
             '--config.data.synthetic_eval_examples=32', '--config.batch_size=16',
-            '--config.log_every_steps=1', '--config.knn.every_epochs=0']
+            '--config.log_every_steps=1', '--config.evals.knn.every_epochs=0']
 
 
 def checkpoint_steps(workdir):
