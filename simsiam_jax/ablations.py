@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from simsiam_jax import checkpointing, config_validation, curves, input_pipeline, reporting
 from simsiam_jax import train
+from simsiam_jax import workdir as workdir_lib
 
 # Study -> variant name -> (paper reference, config overrides).
 ABLATIONS = {
@@ -163,7 +164,7 @@ def main(argv):
   reporting.quiet_library_logs()
   with reporting.exit_on_error():
     reporting.check_no_arguments(argv)
-    config_validation.validate_workdir(FLAGS.workdir)
+    workdir_lib.validate(FLAGS.workdir)
     study = FLAGS.study
     run_variants(FLAGS.config, FLAGS.workdir, FLAGS.variants or list(STUDIES[study]), study)
     results = collect_results(FLAGS.config, FLAGS.workdir, study)

@@ -2,12 +2,12 @@
 
 Layout: `workdir/checkpoints/<step>/{state,config}`. Orbax writes a step into
 `<step>.orbax-checkpoint-tmp-*` and renames it when complete, so a run killed mid-save
-leaves no directory that looks like a step. While a `Checkpointer` is open, the lock file
-`workdir/.simsiam.lock` keeps a second run from writing into the same workdir.
+leaves no directory that looks like a step. While a `Checkpointer` is open, it holds the
+workdir's lock (workdir.py), which keeps a second run from writing into the same workdir.
 
 The loop this module is written for:
 
-  preemption = install_sigterm_handler()
+  preemption = workdir.install_sigterm_handler()
   with Checkpointer(workdir, max_to_keep=3, save_every_steps=1000) as ckpt:
     state = create_train_state(...)
     restored = ckpt.restore(state)  # None on a fresh start.
@@ -30,8 +30,6 @@ which all hosts agree; it needs `jax.distributed.initialize()` with the preempti
 import contextlib
 import json
 import os
-import signal
-import socket
 import time
 from typing import Any
 
@@ -44,8 +42,9 @@ from etils import epath
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from simsiam_jax import workdir as workdir_lib
+
 CHECKPOINT_SUBDIR = 'checkpoints'
-LOCK_FILENAME = '.simsiam.lock'
 STATE = 'state'
 CONFIG = 'config'
 # The subtree of params and batch_stats that linear evaluation keeps.
@@ -71,11 +70,11 @@ class Checkpointer:
   """Saves and restores the train state and config in `workdir/checkpoints`.
 
   Saves are asynchronous: `save` returns once the arrays are copied off the devices.
-  Only one Checkpointer may be open on a workdir at a time (see `LOCK_FILENAME`).
+  Only one Checkpointer may be open on a workdir at a time (see workdir.acquire_lock).
   """
 
   def __init__(self, workdir: epath.PathLike, *, max_to_keep: int, save_every_steps: int):
-    self._lock_path = _acquire_workdir_lock(workdir) if jax.process_index() == 0 else None
+    self._lock_path = workdir_lib.acquire_lock(workdir) if jax.process_index() == 0 else None
     try:
       options = ocp.CheckpointManagerOptions(
           save_decision_policy=ocp.checkpoint_managers.AnySavePolicy([
@@ -156,7 +155,7 @@ class Checkpointer:
 
   def _release_lock(self):
     if self._lock_path is not None:
-      _release_workdir_lock(self._lock_path)
+      workdir_lib.release_lock(self._lock_path)
       self._lock_path = None
 
 
@@ -262,27 +261,6 @@ def check_finite(step: int, metrics: Any):
                              'without saving, so the last checkpoint stays good.')
 
 
-class PreemptionFlag:
-  """A signal handler; `requested` becomes True once it has been called."""
-
-  def __init__(self):
-    self.requested = False
-
-  def __call__(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-
-def install_sigterm_handler() -> PreemptionFlag:
-  """Replaces SIGTERM's default (exit at once) by setting a flag the loop polls.
-
-  Must be called from the main thread.
-  """
-  flag = PreemptionFlag()
-  signal.signal(signal.SIGTERM, flag)
-  return flag
-
-
 def _item_handlers(state_handler: ocp.CheckpointHandler) -> dict[str, ocp.CheckpointHandler]:
   # Naming the handlers up front lets a restore read one item without orbax warning
   # that it cannot restore the others.
@@ -363,77 +341,3 @@ def _set_aside(manager: ocp.CheckpointManager, steps):
       path.rename(corrupt_path)
   multihost_utils.sync_global_devices('simsiam_jax.checkpointing.set_aside')
   manager.reload()
-
-
-def _acquire_workdir_lock(workdir: epath.PathLike) -> str | None:
-  """Takes `workdir/LOCK_FILENAME`, or raises CheckpointError if a live run holds it.
-
-  A lock left by a dead process on this host is taken over. Returns the lock's path, or
-  None for non-local workdirs (gs://...), where pids and O_EXCL mean nothing.
-  """
-  workdir = os.fspath(workdir)
-  if '://' in workdir:
-    logging.warning('No workdir lock on %s: only local workdirs are locked.', workdir)
-    return None
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, LOCK_FILENAME)
-  if _try_create_lock(path):
-    return path
-  holder = _read_lock(path)
-  if holder['hostname'] != socket.gethostname() or _pid_alive(holder['pid']):
-    raise CheckpointError(
-        f'{workdir} is in use by process {holder["pid"]} on {holder["hostname"]} (lock file '
-        f'{path}). Use another workdir, or delete the lock file if that run is dead.')
-  logging.warning('Taking over the lock %s of process %d, which is no longer running.',
-                  path, holder['pid'])
-  os.remove(path)
-  if not _try_create_lock(path):
-    raise CheckpointError(f'Another run took the lock {path} of {workdir} just now.')
-  return path
-
-
-def _lock_owner() -> dict[str, Any]:
-  return {'pid': os.getpid(), 'hostname': socket.gethostname()}
-
-
-def _try_create_lock(path: str) -> bool:
-  """Atomically creates the lock file with its full content; False if it exists."""
-  # Written aside and hard-linked into place, so nobody ever reads a half-written lock.
-  staging_path = f'{path}.{os.getpid()}'
-  with open(staging_path, 'w') as f:
-    json.dump(_lock_owner(), f)
-  try:
-    os.link(staging_path, path)
-    return True
-  except FileExistsError:
-    return False
-  finally:
-    os.remove(staging_path)
-
-
-def _read_lock(path: str) -> dict[str, Any]:
-  try:
-    with open(path) as f:
-      holder = json.load(f)
-    return {'pid': int(holder['pid']), 'hostname': str(holder['hostname'])}
-  except (OSError, ValueError, KeyError, TypeError) as error:
-    raise CheckpointError(f'Unreadable lock file {path} ({error}); delete it if no run is '
-                          'using this workdir.') from error
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # Alive, owned by another user.
-    return True
-  return True
-
-
-def _release_workdir_lock(path: str):
-  try:
-    if _read_lock(path) == _lock_owner():
-      os.remove(path)
-  except CheckpointError:
-    logging.warning('Lock file %s vanished or changed; leaving it.', path)

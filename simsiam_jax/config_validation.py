@@ -4,9 +4,6 @@ Each failure is a `ConfigError` whose message names the offending field; `main` 
 as one line and exits non-zero.
 """
 
-import os
-import tempfile
-
 import ml_collections
 
 from simsiam_jax import augmentations, losses, optimizer
@@ -197,23 +194,3 @@ def validate_linear_config(config: ml_collections.ConfigDict, *, device_count: i
   _require_range(config, 'linear.crop_scale', high=1)
   for batch_field in ('batch_size', 'linear.batch_size'):
     _require_divisible(config, batch_field, device_count, process_count)
-
-
-def validate_workdir(workdir: str | None):
-  """The workdir is a directory this process can write, or can be created as one."""
-  require(bool(workdir), '--workdir', workdir, 'is required')
-  # Remote file systems (gs://) have no local parent to check.
-  if '://' in workdir:
-    return
-  parent = os.path.dirname(os.path.abspath(workdir))
-  require(os.path.isdir(parent), '--workdir', workdir,
-          f'parent directory {parent} does not exist')
-  require(not os.path.exists(workdir) or os.path.isdir(workdir), '--workdir', workdir,
-          'exists and is not a directory')
-  # A probe file, as permission bits do not tell (root, read-only mounts); the workdir itself
-  # is left to the run to create, so that a refused command leaves nothing behind.
-  try:
-    with tempfile.TemporaryFile(dir=workdir if os.path.isdir(workdir) else parent):
-      pass
-  except OSError as error:
-    raise ConfigError(f'--workdir={workdir!r}: cannot write there ({error.strerror})') from error

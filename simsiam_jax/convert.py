@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 from simsiam_jax import checkpointing, config_validation, features, input_pipeline, optimizer
 from simsiam_jax import reporting, sharding
+from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.models import create_model, torchvision_format
 from simsiam_jax.train_state import TrainState, compute_dtype, create_train_state
 
@@ -178,7 +179,7 @@ def _backbone_only(state_dict, variables, config, prefix, path):
 
 def import_torch(config: ml_collections.ConfigDict, workdir: str, path: str) -> dict[str, Any]:
   """Writes the checkpoint at `path` as step N of `workdir`; returns what was imported."""
-  config_validation.validate_workdir(workdir)
+  workdir_lib.validate(workdir)
   if checkpointing.checkpoint_dir(workdir).exists() and any(
       checkpointing.checkpoint_dir(workdir).iterdir()):
     raise checkpointing.CheckpointError(

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from simsiam_jax import checkpointing, config_validation, features, input_pipeline, knn_monitor
 from simsiam_jax import sharding
+from simsiam_jax import workdir as workdir_lib
 
 EVALUATORS = {'knn': knn_monitor.KnnEvaluator}
 
@@ -56,7 +57,7 @@ def write_result(workdir: str, filename: str, config: ml_collections.ConfigDict,
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """kNN top-1 of the latest checkpoint in config.pretrained_workdir (config.mode='knn'),
   with the settings of config.evals.knn; written to `workdir/knn_eval.json`."""
-  config_validation.validate_workdir(workdir)
+  workdir_lib.validate(workdir)
   config_validation.validate_config(config, device_count=jax.device_count(),
                                     process_count=jax.process_count())
   config_validation.require('knn' in config.evals, 'config.evals', list(config.evals),

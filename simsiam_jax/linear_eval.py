@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 
 from simsiam_jax import checkpointing, config_validation, evaluators, features, input_pipeline
 from simsiam_jax import optimizer, reporting, sharding
+from simsiam_jax import workdir as workdir_lib
 
 
 class LinearClassifier(nn.Module):
@@ -136,7 +137,7 @@ def augmented_feature_batches(config: ml_collections.ConfigDict, feature_fn, bac
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the linear classifier on the frozen backbone; returns top-1/top-5 in percent."""
-  config_validation.validate_workdir(workdir)
+  workdir_lib.validate(workdir)
   os.makedirs(workdir, exist_ok=True)
   config_validation.validate_linear_config(config, device_count=jax.device_count(),
                                            process_count=jax.process_count())

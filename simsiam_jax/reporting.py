@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from tensorflow.core.util import event_pb2
 
 from simsiam_jax import checkpointing, config_validation, datasets
+from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.models import torchvision_format
 
 
@@ -103,7 +104,8 @@ def exit_on_error():
   try:
     yield
   except (app.UsageError, config_validation.ConfigError, datasets.DataError,
-          checkpointing.CheckpointError, torchvision_format.TorchFormatError) as e:
+          checkpointing.CheckpointError, torchvision_format.TorchFormatError,
+          workdir_lib.WorkdirError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except checkpointing.NonFiniteLossError as e:

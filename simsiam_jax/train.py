@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from simsiam_jax import checkpointing, config_validation, evaluators, features, input_pipeline
 from simsiam_jax import methods, optimizer, reporting, sharding
+from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.train_state import TrainState, state_shardings
 
 
@@ -39,7 +40,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   knn_top1), the first and last
   step this call trained, the run's total steps and the z-std of no collapse, 1/sqrt(d).
   """
-  config_validation.validate_workdir(workdir)
+  workdir_lib.validate(workdir)
   config_validation.validate_config(config, device_count=jax.device_count(),
                                     process_count=jax.process_count())
   method = methods.get(config.method)
@@ -54,7 +55,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.evals:
     input_pipeline.labeled_eval_splits(config)
   run_evaluators = evaluators.create_evaluators(config, mesh)
-  preemption = checkpointing.install_sigterm_handler()
+  preemption = workdir_lib.install_sigterm_handler()
 
   with checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
                                   save_every_steps=config.checkpoint_every_steps) as ckpt:

@@ -13,6 +13,7 @@ import pytest
 from conftest import make_tiny_config
 
 from simsiam_jax import checkpointing, optimizer, sharding
+from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.checkpointing import CheckpointError, Checkpointer
 from simsiam_jax.models import create_model
 from simsiam_jax.train_state import create_train_state
@@ -199,8 +200,8 @@ def test_model_config_mismatch_names_the_field(tmp_path):
   assert str(tmp_path) in str(error.value)
 
 
-def _lock_path(workdir):
-  return workdir / checkpointing.LOCK_FILENAME
+def _lock_path(directory):
+  return directory / workdir_lib.LOCK_FILENAME
 
 
 def test_second_run_on_a_live_workdir_fails_and_overwrites_nothing(tmp_path):
@@ -208,15 +209,15 @@ def test_second_run_on_a_live_workdir_fails_and_overwrites_nothing(tmp_path):
   with Checkpointer(tmp_path, max_to_keep=2, save_every_steps=1) as first:
     first.save(1, _small_state(1), config)
     lock_message = f'process {os.getpid()} .*{re.escape(str(_lock_path(tmp_path)))}'
-    with pytest.raises(CheckpointError, match=lock_message):
+    with pytest.raises(workdir_lib.WorkdirError, match=lock_message):
       Checkpointer(tmp_path, max_to_keep=2, save_every_steps=1)
     assert first.save(2, _small_state(2), config)
   assert not _lock_path(tmp_path).exists()
   assert _restore_small(tmp_path)[1] == 2
 
 
-def _write_lock(workdir, pid, hostname):
-  _lock_path(workdir).write_text(json.dumps({'pid': pid, 'hostname': hostname}))
+def _write_lock(directory, pid, hostname):
+  _lock_path(directory).write_text(json.dumps({'pid': pid, 'hostname': hostname}))
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
@@ -231,7 +232,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
 
 def test_lock_of_another_host_is_respected(tmp_path):
   _write_lock(tmp_path, 1, 'some-other-host')
-  with pytest.raises(CheckpointError, match='some-other-host'):
+  with pytest.raises(workdir_lib.WorkdirError, match='some-other-host'):
     Checkpointer(tmp_path, max_to_keep=2, save_every_steps=1)
   assert not (tmp_path / 'checkpoints').exists()
 
@@ -252,7 +253,7 @@ def restore_sigterm_handler():
 
 def test_sigterm_sets_the_preemption_flag(restore_sigterm_handler):
   del restore_sigterm_handler
-  flag = checkpointing.install_sigterm_handler()
+  flag = workdir_lib.install_sigterm_handler()
   assert not flag.requested
   os.kill(os.getpid(), signal.SIGTERM)
   assert flag.requested

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import helpers
-from simsiam_jax import checkpointing, input_pipeline, sharding, train
+from simsiam_jax import checkpointing, input_pipeline, sharding, train, workdir
 from simsiam_jax.methods import simsiam
 from simsiam_jax.models import create_model
 
@@ -174,7 +174,7 @@ def test_preempted_and_resumed_run_ends_in_the_uninterrupted_state(tiny_config, 
   total_steps = tiny_config.num_epochs * STEPS_PER_EPOCH
   train.train_and_evaluate(tiny_config, str(tmp_path / 'uninterrupted'))
 
-  monkeypatch.setattr(checkpointing, 'install_sigterm_handler', lambda: _StopAtStep(5))
+  monkeypatch.setattr(workdir, 'install_sigterm_handler', lambda: _StopAtStep(5))
   summary = train.train_and_evaluate(tiny_config, str(tmp_path / 'resumed'))
   assert summary['step'] == 5
   monkeypatch.undo()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config
-from simsiam_jax import curves, features, input_pipeline, linear_eval, sharding
+from simsiam_jax import curves, evaluators, features, input_pipeline, linear_eval, sharding
 from test_main import REPO_ROOT, run_main
 from test_train_loop import TINY_RUN
 
@@ -51,7 +51,7 @@ def test_linear_eval_reports_accuracy_and_leaves_the_backbone_alone(
     pretrained_workdir, tmp_path, cached_features, mode):
   config = _linear_config(pretrained_workdir, cached_features)
   mesh = sharding.create_mesh()
-  backbone_before = jax.device_get(linear_eval.restore_backbone(config, mesh))
+  backbone_before = jax.device_get(evaluators.restore_backbone(config, mesh))
   checkpoints_before = _tree_digest(os.path.join(pretrained_workdir, 'checkpoints'))
 
   config.data.synthetic_eval_examples = 37  # Not a whole number of batches of 16.
@@ -67,7 +67,7 @@ def test_linear_eval_reports_accuracy_and_leaves_the_backbone_alone(
   assert report['top1'] == result['top1'] == report['history']['2.0']['top1']
   assert result['best_top1'] == max(h['top1'] for h in report['history'].values())
   assert report['history'][str(result['best_epoch'])]['top1'] == result['best_top1']
-  backbone_after = jax.device_get(linear_eval.restore_backbone(config, mesh))
+  backbone_after = jax.device_get(evaluators.restore_backbone(config, mesh))
   jax.tree.map(np.testing.assert_array_equal, backbone_before, backbone_after)
   assert _tree_digest(os.path.join(pretrained_workdir, 'checkpoints')) == checkpoints_before
 
@@ -76,7 +76,7 @@ def test_frozen_backbone_features_do_not_depend_on_the_rest_of_the_batch(pretrai
   """BatchNorm in inference mode: an image's features are the same in any batch."""
   config = _linear_config(pretrained_workdir, cached_features=True)
   mesh = sharding.create_mesh()
-  backbone = linear_eval.restore_backbone(config, mesh)
+  backbone = evaluators.restore_backbone(config, mesh)
   feature_fn = features.make_feature_fn(config, mesh)
   batch = next(input_pipeline.create_eval_iterators(config)[1]())
   shuffled = {k: np.concatenate([v[:8], v[8:][::-1]]) for k, v in batch.items()}
