@@ -99,6 +99,21 @@ def get_knn_config() -> ml_collections.ConfigDict:
   return knn
 
 
+def get_optim_config() -> ml_collections.ConfigDict:
+  """SGD of the pretraining, as the official main_simsiam.py."""
+  optim = ml_collections.ConfigDict()
+  # Encoder lr = base_lr * batch_size / 256, cosine-decayed after warmup: once per epoch as
+  # the official code does ('cosine_per_epoch'), or every step ('cosine').
+  optim.base_lr = 0.05
+  optim.lr_schedule = 'cosine_per_epoch'
+  optim.warmup_epochs = 0
+  optim.momentum = 0.9
+  optim.weight_decay = 1e-4
+  # Predictor keeps the encoder's initial lr (paper Table 1c, official --fix-pred-lr).
+  optim.fixed_predictor_lr = True
+  return optim
+
+
 def get_evals_config() -> ml_collections.ConfigDict:
   """Evaluators of the backbone during pretraining, as big_vision's config.evals: each key
   names an evaluator of simsiam_jax/evaluators.py, its value holds `every_epochs` and the
@@ -163,15 +178,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Global batch over all devices and hosts.
   config.batch_size = 512
   config.num_epochs = 100
-  # Encoder lr = base_lr * batch_size / 256, cosine-decayed after warmup: once per epoch as
-  # the official code does ('cosine_per_epoch'), or every step ('cosine').
-  config.base_lr = 0.05
-  config.lr_schedule = 'cosine_per_epoch'
-  config.warmup_epochs = 0
-  config.momentum = 0.9
-  config.weight_decay = 1e-4
-  # Predictor keeps the encoder's initial lr (paper Table 1c, official --fix-pred-lr).
-  config.fixed_predictor_lr = True
+  config.optim = get_optim_config()
   # Off only for the paper's ablation (Fig. 2): the representation collapses.
   config.stop_gradient = True
   # Ablations of the loss. D(p, z): 'cosine' (negative cosine) or 'cross_entropy'

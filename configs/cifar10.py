@@ -31,6 +31,6 @@ def get_config():
   config.aug.blur_prob = 0.0
   config.batch_size = 512
   config.num_epochs = 800
-  config.base_lr = 0.03
-  config.weight_decay = 5e-4
+  config.optim.base_lr = 0.03
+  config.optim.weight_decay = 5e-4
   return config

@@ -24,10 +24,10 @@ def get_config():
   config.data.root = '../shared/data/cifar10'
   config.batch_size = 256
   config.num_epochs = 12
-  config.base_lr = 0.1
+  config.optim.base_lr = 0.1
   # Decayed every step: over 12 epochs the official once-per-epoch staircase is coarse.
-  config.lr_schedule = 'cosine'
-  config.weight_decay = 5e-4
+  config.optim.lr_schedule = 'cosine'
+  config.optim.weight_decay = 5e-4
   config.evals.knn.every_epochs = 1
   config.log_every_steps = 20
   config.checkpoint_every_steps = 200

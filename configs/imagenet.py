@@ -23,7 +23,7 @@ def get_config():
   config.data.image_size = 224
   config.batch_size = 512
   config.num_epochs = 100
-  config.base_lr = 0.05
-  config.weight_decay = 1e-4
+  config.optim.base_lr = 0.05
+  config.optim.weight_decay = 1e-4
   config.half_precision = True
   return config

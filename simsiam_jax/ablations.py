@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import checkpointing, config_validation, curves, input_pipeline, reporting
+from simsiam_jax import checkpointing, cli, config_validation, curves, input_pipeline, reporting
 from simsiam_jax import train
 from simsiam_jax import workdir as workdir_lib
 
@@ -30,7 +30,7 @@ ABLATIONS = {
     'no_stop_gradient': ('Fig. 2', {'stop_gradient': False}),
     'no_predictor': ('Table 1a', {'model.predictor': 'none'}),
     'fixed_random_predictor': ('Table 1b', {'model.predictor': 'fixed_random'}),
-    'decayed_predictor_lr': ('Table 1c', {'fixed_predictor_lr': False}),
+    'decayed_predictor_lr': ('Table 1c', {'optim.fixed_predictor_lr': False}),
     'no_bn_in_heads': ('Table 3a', {'model.head_batch_norm': 'none'}),
     'bn_hidden_only': ('Table 3b', {'model.head_batch_norm': 'hidden'}),
     'bn_everywhere': ('Table 3d', {'model.head_batch_norm': 'all'}),
@@ -161,9 +161,9 @@ def collect_results(base: ml_collections.ConfigDict, workdir: str,
 
 
 def main(argv):
-  reporting.quiet_library_logs()
-  with reporting.exit_on_error():
-    reporting.check_no_arguments(argv)
+  cli.quiet_library_logs()
+  with cli.exit_on_error():
+    cli.check_no_arguments(argv)
     workdir_lib.validate(FLAGS.workdir)
     study = FLAGS.study
     run_variants(FLAGS.config, FLAGS.workdir, FLAGS.variants or list(STUDIES[study]), study)
@@ -176,4 +176,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=reporting.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

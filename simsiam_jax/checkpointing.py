@@ -29,7 +29,6 @@ which all hosts agree; it needs `jax.distributed.initialize()` with the preempti
 
 import contextlib
 import json
-import os
 import time
 from typing import Any
 

@@ -144,7 +144,7 @@ def _require_valid_evals(config: ml_collections.ConfigDict):
 def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
                     process_count: int = 1):
   """Every field pretraining and the kNN monitor read; raises ConfigError on the first bad one."""
-  for field in ('batch_size', 'num_epochs', 'base_lr', 'log_every_steps', 'model.width',
+  for field in ('batch_size', 'num_epochs', 'optim.base_lr', 'log_every_steps', 'model.width',
                 'model.projector_layers', 'model.projector_hidden_dim',
                 'model.projector_dim', 'model.predictor_hidden_dim',
                 'checkpoint_every_steps', 'keep_checkpoints'):
@@ -155,12 +155,13 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
                          ('model.head_batch_norm', tuple(heads.HEAD_BATCH_NORM)),
                          ('similarity', tuple(losses.SIMILARITIES)),
                          ('loss_symmetry', losses.SYMMETRIES),
-                         ('lr_schedule', optimizer.LR_SCHEDULES)):
+                         ('optim.lr_schedule', optimizer.LR_SCHEDULES)):
     require_choice(config, field, choices)
-  require_in(config, 'weight_decay', 0, float('inf'))
-  require_momentum(config, 'momentum')
-  require(_is_number(config.warmup_epochs) and 0 <= config.warmup_epochs < config.num_epochs,
-          'config.warmup_epochs', config.warmup_epochs,
+  require_in(config, 'optim.weight_decay', 0, float('inf'))
+  require_momentum(config, 'optim.momentum')
+  warmup = config.optim.warmup_epochs
+  require(_is_number(warmup) and 0 <= warmup < config.num_epochs,
+          'config.optim.warmup_epochs', config.optim.warmup_epochs,
           f'must be in [0, num_epochs={config.num_epochs})')
   require_in(config, 'collapse_warning_fraction', 0, 1)
   _require_valid_data(config)

@@ -29,11 +29,12 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import checkpointing, config_validation, features, input_pipeline, optimizer
-from simsiam_jax import reporting, sharding
+from simsiam_jax import checkpointing, cli, config_validation, features, input_pipeline
+from simsiam_jax import sharding
 from simsiam_jax import workdir as workdir_lib
-from simsiam_jax.models import create_model, torchvision_format
-from simsiam_jax.train_state import TrainState, compute_dtype, create_train_state
+from simsiam_jax.methods import simsiam
+from simsiam_jax.models import torchvision_format
+from simsiam_jax.train_state import TrainState
 
 FLAGS = flags.FLAGS
 
@@ -107,9 +108,10 @@ def detect_format(state: dict[str, np.ndarray], path: str) -> str:
 
 
 def _initial_train_state(config, steps_per_epoch, mesh) -> TrainState:
-  model = create_model(config.model, dtype=compute_dtype(config))
-  tx = optimizer.create_optimizer(config, steps_per_epoch)
-  return create_train_state(jax.random.key(config.seed), config, model, tx, mesh)
+  # A plain SimSiam state ('online' targets, checked above): no per-image arrays.
+  return simsiam.create_train_state(jax.random.key(config.seed), config,
+                                    simsiam.create_optimizer(config, steps_per_epoch), mesh,
+                                    num_train_examples=0)
 
 
 def momentum_buffers(state: dict[str, np.ndarray], optimizer_state: dict,
@@ -258,9 +260,9 @@ def export_detectron2(config: ml_collections.ConfigDict, workdir: str, path: str
 
 
 def main(argv):
-  reporting.quiet_library_logs()
-  with reporting.exit_on_error():
-    reporting.check_no_arguments(argv)
+  cli.quiet_library_logs()
+  with cli.exit_on_error():
+    cli.check_no_arguments(argv)
     actions = [name for name in ('import_torch', 'export_torchvision', 'export_detectron2')
                if FLAGS[name].value]
     if len(actions) != 1:
@@ -276,4 +278,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=reporting.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

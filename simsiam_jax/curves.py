@@ -9,7 +9,7 @@ import math
 import matplotlib
 from absl import app, flags
 
-from simsiam_jax import checkpointing, input_pipeline, reporting
+from simsiam_jax import checkpointing, cli, input_pipeline, reporting
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -62,9 +62,9 @@ flags.DEFINE_string('out', 'curves.png', 'PNG file to write.')
 
 
 def main(argv):
-  reporting.quiet_library_logs()
-  with reporting.exit_on_error():
-    reporting.check_no_arguments(argv)
+  cli.quiet_library_logs()
+  with cli.exit_on_error():
+    cli.check_no_arguments(argv)
     labels = FLAGS.labels or FLAGS.workdirs
     if len(labels) != len(FLAGS.workdirs):
       raise app.UsageError('--labels needs one label per workdir')
@@ -74,4 +74,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('workdirs')
-  app.run(main, flags_parser=reporting.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

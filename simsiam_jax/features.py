@@ -14,7 +14,6 @@ from jax.sharding import Mesh
 
 from simsiam_jax import preprocess, sharding
 from simsiam_jax.models import resnet
-from simsiam_jax.train_state import compute_dtype
 
 # The label of padding examples in evaluation batches and feature banks; it never scores.
 PAD_LABEL = -1
@@ -25,17 +24,19 @@ def backbone_variables(params, batch_stats) -> dict[str, Any]:
   return {'params': params['backbone'], 'batch_stats': batch_stats['backbone']}
 
 
-def create_backbone(config: ml_collections.ConfigDict) -> resnet.ResNet:
-  return resnet.create_backbone(config.model.name, width=config.model.width,
-                                cifar_stem=config.model.cifar_stem, dtype=compute_dtype(config))
+def create_backbone(model_config: ml_collections.ConfigDict, dtype: Any) -> resnet.ResNet:
+  return resnet.create_backbone(model_config.name, width=model_config.width,
+                                cifar_stem=model_config.cifar_stem, dtype=dtype)
 
 
-def make_feature_fn(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
-  """jit(backbone variables, batch) -> (float32 features, labels with -1 on padding)."""
-  backbone = create_backbone(config)
+def make_feature_fn(model_config: ml_collections.ConfigDict,
+                    data_config: ml_collections.ConfigDict, dtype: Any, mesh: Mesh) -> Callable:
+  """jit(backbone variables, batch) -> (float32 features, labels with -1 on padding): the
+  backbone of `model_config` computing in `dtype` on images normalised as `data_config` says."""
+  backbone = create_backbone(model_config, dtype)
 
   def features(variables, batch):
-    images = preprocess.normalize_images(batch['image'], config.data.mean, config.data.std,
+    images = preprocess.normalize_images(batch['image'], data_config.mean, data_config.std,
                                          backbone.dtype)
     outputs = backbone.apply(variables, images, train=False).astype(jnp.float32)
     return outputs, jnp.where(batch['mask'], batch['label'], PAD_LABEL)

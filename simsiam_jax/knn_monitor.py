@@ -9,6 +9,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from simsiam_jax import features, input_pipeline, knn
+from simsiam_jax.train_state import compute_dtype
 
 
 def knn_top1(config: ml_collections.ConfigDict, knn_config: ml_collections.ConfigDict,
@@ -16,7 +17,8 @@ def knn_top1(config: ml_collections.ConfigDict, knn_config: ml_collections.Confi
   """Top-1 accuracy in percent of config.data.eval_split against the bank of
   config.data.eval_train_split, all on device."""
   started = time.perf_counter()
-  feature_fn = features.make_feature_fn(config, mesh)
+  feature_fn = features.make_feature_fn(config.model, config.data, compute_dtype(config),
+                                         mesh)
   train_batches, eval_batches = input_pipeline.create_eval_iterators(config)
   bank_features, bank_labels = zip(*features.feature_batches(feature_fn, backbone_variables,
                                                              train_batches(), mesh))

@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from simsiam_jax import checkpointing, config_validation, evaluators, features, input_pipeline
 from simsiam_jax import optimizer, reporting, sharding
 from simsiam_jax import workdir as workdir_lib
+from simsiam_jax.train_state import compute_dtype
 
 
 class LinearClassifier(nn.Module):
@@ -146,14 +147,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = reporting.create_summary_writer(workdir)
   mesh = sharding.create_mesh()
   backbone = evaluators.restore_backbone(config, mesh)
-  feature_fn = features.make_feature_fn(config, mesh)
+  feature_fn = features.make_feature_fn(config.model, config.data, compute_dtype(config),
+                                         mesh)
   make_batches = cached_feature_batches if config.linear.cached_features else (
       augmented_feature_batches)
   train_batches, steps_per_epoch = make_batches(config, feature_fn, backbone, mesh)
   total_steps = int(config.linear.num_epochs * steps_per_epoch)
 
   classifier = LinearClassifier(input_pipeline.num_classes(config))
-  feature_dim = features.create_backbone(config).feature_dim
+  feature_dim = features.create_backbone(config.model, compute_dtype(config)).feature_dim
   params = classifier.init(jax.random.key(config.seed), jnp.zeros((1, feature_dim)))['params']
   state = jax.device_put(
       train_state.TrainState.create(apply_fn=classifier.apply, params=params,

@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import config_validation, evaluators, linear_eval, reporting, train
+from simsiam_jax import cli, config_validation, evaluators, linear_eval, reporting, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for summaries and checkpoints.')
@@ -35,10 +35,10 @@ def initialize_distributed():
 
 
 def main(argv):
-  reporting.quiet_library_logs()
+  cli.quiet_library_logs()
   started = time.monotonic()
-  with reporting.exit_on_error():
-    reporting.check_no_arguments(argv)
+  with cli.exit_on_error():
+    cli.check_no_arguments(argv)
     if FLAGS.config is None:
       raise app.UsageError('--config is required, e.g. --config=configs/default.py')
     config_validation.validate_mode(FLAGS.config)
@@ -59,4 +59,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=reporting.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

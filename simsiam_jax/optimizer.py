@@ -10,13 +10,9 @@ ENCODER = 'encoder'
 PREDICTOR = 'predictor'
 
 
-def initial_learning_rate(config: ml_collections.ConfigDict) -> float:
+def initial_learning_rate(optim: ml_collections.ConfigDict, batch_size: int) -> float:
   """The linear scaling rule: lr = base_lr * global_batch / 256."""
-  return config.base_lr * config.batch_size / 256
-
-
-def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  return int(config.num_epochs * steps_per_epoch)
+  return optim.base_lr * batch_size / 256
 
 
 # 'cosine' decays every step; 'cosine_per_epoch' is the official code's adjust_learning_rate,
@@ -39,23 +35,27 @@ def cosine_decay(init_lr: float, *, num_epochs: float, steps_per_epoch: int,
   return optax.join_schedules([warmup, cosine], boundaries=[warmup_steps])
 
 
-def cosine_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-  return cosine_decay(initial_learning_rate(config), num_epochs=config.num_epochs,
-                      steps_per_epoch=steps_per_epoch, warmup_epochs=config.warmup_epochs,
-                      per_epoch=config.lr_schedule == 'cosine_per_epoch')
+def cosine_schedule(optim: ml_collections.ConfigDict, *, batch_size: int, num_epochs: float,
+                    steps_per_epoch: int) -> optax.Schedule:
+  """The encoder's lr: config.optim's base lr, warmup and schedule over the run."""
+  return cosine_decay(initial_learning_rate(optim, batch_size), num_epochs=num_epochs,
+                      steps_per_epoch=steps_per_epoch, warmup_epochs=optim.warmup_epochs,
+                      per_epoch=optim.lr_schedule == 'cosine_per_epoch')
 
 
-def predictor_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-  if config.fixed_predictor_lr:
-    return optax.constant_schedule(initial_learning_rate(config))
-  return cosine_schedule(config, steps_per_epoch)
+def predictor_schedule(optim: ml_collections.ConfigDict, *, batch_size: int, num_epochs: float,
+                       steps_per_epoch: int) -> optax.Schedule:
+  if optim.fixed_predictor_lr:
+    return optax.constant_schedule(initial_learning_rate(optim, batch_size))
+  return cosine_schedule(optim, batch_size=batch_size, num_epochs=num_epochs,
+                         steps_per_epoch=steps_per_epoch)
 
 
-def _sgd(config: ml_collections.ConfigDict, schedule: optax.Schedule):
+def sgd(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
   # Decay added to the gradient before momentum, as torch.optim.SGD(weight_decay=...) does;
   # the official code decays every parameter, BatchNorm and biases included.
-  return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                     optax.sgd(schedule, momentum=config.momentum))
+  return optax.chain(optax.add_decayed_weights(optim.weight_decay),
+                     optax.sgd(schedule, momentum=optim.momentum))
 
 
 def param_labels(params):
@@ -64,14 +64,15 @@ def param_labels(params):
           for name, subtree in params.items()}
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     steps_per_epoch: int) -> optax.GradientTransformation:
-  # A 'fixed_random' predictor stays at its initialisation (paper Table 1b).
-  predictor_tx = (optax.set_to_zero() if config.model.predictor == 'fixed_random' else
-                  _sgd(config, predictor_schedule(config, steps_per_epoch)))
+def create_optimizer(optim: ml_collections.ConfigDict, *, batch_size: int, num_epochs: float,
+                     steps_per_epoch: int,
+                     frozen_predictor: bool = False) -> optax.GradientTransformation:
+  """SGD with the encoder's schedule, and the predictor's (or none: `frozen_predictor`)."""
+  run = {'batch_size': batch_size, 'num_epochs': num_epochs, 'steps_per_epoch': steps_per_epoch}
+  predictor_tx = (optax.set_to_zero() if frozen_predictor else
+                  sgd(optim, predictor_schedule(optim, **run)))
   return optax.multi_transform(
-      {ENCODER: _sgd(config, cosine_schedule(config, steps_per_epoch)),
-       PREDICTOR: predictor_tx},
+      {ENCODER: sgd(optim, cosine_schedule(optim, **run)), PREDICTOR: predictor_tx},
       param_labels)
 
 

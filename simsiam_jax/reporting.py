@@ -1,27 +1,21 @@
 """Progress lines, TensorBoard summaries, and the collapse and non-finite monitors."""
 
 import collections
-import contextlib
 import glob
-import logging as std_logging
 import math
 import os
 import struct
-import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import logging
 from clu import metric_writers
-from ml_collections import config_flags
 from tensorflow.core.util import event_pb2
 
-from simsiam_jax import checkpointing, config_validation, datasets
-from simsiam_jax import workdir as workdir_lib
-from simsiam_jax.models import torchvision_format
+from simsiam_jax import checkpointing
 
 
 def create_summary_writer(workdir: str) -> metric_writers.MetricWriter:
@@ -72,76 +66,6 @@ def summary_seconds(workdir: str) -> float:
     if wall_times:
       total += max(wall_times) - min(wall_times)
   return total
-
-
-# Libraries whose INFO lines say nothing a user can act on: orbax logs several per
-# checkpoint, JAX one per accelerator backend it looked for and did not find (libtpu on every
-# CPU or GPU host).
-_QUIET_LIBRARY_PATHS = ('/orbax/', '/jax/_src/xla_bridge.py')
-# Warnings that are expected here: evaluation opens checkpoints read-only on purpose.
-_EXPECTED_WARNINGS = ('Given directory is read only',)
-
-
-class _DropInfoFromLibraries(std_logging.Filter):
-  """Keeps only the warnings and errors of `_QUIET_LIBRARY_PATHS`, less the expected ones."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    if not any(path in record.pathname for path in _QUIET_LIBRARY_PATHS):
-      return True
-    return (record.levelno >= std_logging.WARNING and
-            not str(record.msg).startswith(_EXPECTED_WARNINGS))
-
-
-def quiet_library_logs():
-  logging.get_absl_handler().addFilter(_DropInfoFromLibraries())
-
-
-@contextlib.contextmanager
-def exit_on_error():
-  """For the command-line tools: a mistake in the config, the flags, the data or the
-  checkpoints ends as one `error:` line on stderr and exit status 2, a diverged run (NaN/inf
-  loss) as one with status 1, never as a traceback."""
-  try:
-    yield
-  except (app.UsageError, config_validation.ConfigError, datasets.DataError,
-          checkpointing.CheckpointError, torchvision_format.TorchFormatError,
-          workdir_lib.WorkdirError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except checkpointing.NonFiniteLossError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-
-
-def check_no_arguments(argv: list[str]):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`: a bad flag, a
-  config file that is missing or does not load, or a --config.* override of the wrong type
-  or of no field ends as one `error:` line and exit status 2, as the other mistakes do."""
-  try:
-    remaining = flags.FLAGS(argv)
-    if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
-      path = config_flags.get_config_filename(flags.FLAGS['config'])
-      if not os.path.isfile(path):
-        raise ValueError(f'--config={path}: no such file')
-      flags.FLAGS['config'].value  # Loads the file now, not half-way into the run.
-    return remaining
-  except (AttributeError, KeyError) as e:  # An override of a field the config lacks.
-    key = str(e).strip('"\' ')
-    names = [arg.split('=')[0] for arg in argv if arg.startswith('--config.')]
-    name = next((n for n in names if key in n.split('.')), f'--config.{key}')
-    message = f'{name}: the config has no such field'
-  except Exception as e:  # pylint: disable=broad-except
-    # Any other failure here is the command line's or the config file's; absl's and
-    # ml_collections' messages span several lines (a config file's traceback included).
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    message = ' '.join(lines)[:500] or type(e).__name__
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
 
 
 def format_duration(seconds: float) -> str:

@@ -11,7 +11,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from simsiam_jax import checkpointing, config_validation, evaluators, features, input_pipeline
-from simsiam_jax import methods, optimizer, reporting, sharding
+from simsiam_jax import methods, reporting, sharding
 from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.train_state import TrainState, state_shardings
 
@@ -48,8 +48,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.create_mesh()
   num_examples = input_pipeline.num_pretrain_examples(config)
   steps_per_epoch = input_pipeline.pretrain_steps_per_epoch(config)
-  total_steps = optimizer.num_train_steps(config, steps_per_epoch)
-  tx = optimizer.create_optimizer(config, steps_per_epoch)
+  total_steps = int(config.num_epochs * steps_per_epoch)
+  tx = method.create_optimizer(config, steps_per_epoch)
   checkpointing.check_resumable(workdir, config)
   # Evaluators run at the end, if not before: their data are checked now.
   if config.evals:

@@ -1,15 +1,58 @@
 """Set-up shared by the test modules."""
 
+import os
+import subprocess
+import sys
+
 import jax
 
-from simsiam_jax import methods, optimizer, train
+from configs import default
+from simsiam_jax import methods, train
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# 64 generated images, batch 16: 4 steps per epoch.
+TINY_RUN = ['--config=configs/default.py', '--config.model.width=4',
+            '--config.model.projector_hidden_dim=32', '--config.model.projector_dim=32',
+            '--config.model.predictor_hidden_dim=8', '--config.data.image_size=16',
+            '--config.data.synthetic_train_examples=64',
+            '--config.data.synthetic_eval_examples=32', '--config.batch_size=16',
+            '--config.log_every_steps=1', '--config.evals.knn.every_epochs=0']
+
+
+def run_main(*args, timeout=600):
+  return subprocess.run([sys.executable, '-m', 'simsiam_jax.main', *args], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def checkpoint_steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+
+
+def make_tiny_config():
+  """The default config shrunk until a train step takes well under a second on a CPU."""
+  config = default.get_config()
+  config.model.width = 4
+  config.model.projector_hidden_dim = 32
+  config.model.projector_dim = 32
+  config.model.predictor_hidden_dim = 8
+  config.data.image_size = 16
+  config.data.synthetic_train_examples = 64
+  config.data.synthetic_eval_examples = 32
+  config.batch_size = 16
+  config.num_epochs = 2
+  config.log_every_steps = 2
+  config.evals.knn.every_epochs = 0
+  return config
+
+
 
 
 def state_and_step(config, mesh, steps_per_epoch: int, num_train_examples: int | None = None):
   """(initial train state of config.method on `mesh`, its jitted train step), as the loop
   makes them; the memory bank has a row per image of config.data.synthetic_train_examples
   unless `num_train_examples` says otherwise."""
-  tx = optimizer.create_optimizer(config, steps_per_epoch)
+  tx = methods.get(config.method).create_optimizer(config, steps_per_epoch)
   num_train_examples = num_train_examples or config.data.synthetic_train_examples
   state = methods.get(config.method).create_train_state(jax.random.key(config.seed), config,
                                                         tx, mesh, num_train_examples)

@@ -36,7 +36,7 @@ def test_without_stop_gradient_the_representation_collapses(tiny_config):
   """Paper Fig. 2: without stop-gradient the loss nears -1 within a few dozen steps and
   z-std falls, unlike the default's. The output BN of the projector keeps each channel's
   batch variance at 1, so z-std cannot reach 0 here; it halves (see RESULTS.md)."""
-  tiny_config.base_lr = 8.0
+  tiny_config.optim.base_lr = 8.0
   tiny_config.num_epochs = 10
   _, default = _train(tiny_config, 40)
   tiny_config.stop_gradient = False

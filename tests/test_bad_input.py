@@ -22,9 +22,8 @@ import pytest
 from PIL import Image
 
 from configs import default
-from simsiam_jax import config_validation
-from test_main import REPO_ROOT
-from test_train_loop import TINY_RUN
+from simsiam_jax import config_validation, methods
+from helpers import REPO_ROOT, TINY_RUN
 
 LINEAR = ['--config.mode=linear_eval', '--config.linear.batch_size=16',
           '--config.linear.num_epochs=1']
@@ -61,9 +60,11 @@ CASES = [
               expected='config.batch_size=128'),
     main_case('batch_not_a_number', '--config.batch_size=abc', expected='--config.batch_size'),
     main_case('unknown_model', '--config.model.name=resnet51', expected='config.model.name'),
-    main_case('negative_lr', '--config.base_lr=-0.1', expected='config.base_lr'),
+    main_case('negative_lr', '--config.optim.base_lr=-0.1', expected='config.optim.base_lr'),
     main_case('zero_epochs', '--config.num_epochs=0', expected='config.num_epochs'),
-    main_case('unknown_schedule', '--config.lr_schedule=linear', expected='config.lr_schedule'),
+    main_case('unknown_method', '--config.method=byol', expected='config.method'),
+    main_case('unknown_schedule', '--config.optim.lr_schedule=linear',
+              expected='config.optim.lr_schedule'),
     main_case('unknown_mode', '--config.mode=train', expected='config.mode'),
     main_case('unknown_field', '--config.data.nonfield=3', expected='--config.data.nonfield'),
     main_case('crop_scale_reversed', '--config.aug.crop_scale=(1.5,0.2)',
@@ -140,33 +141,61 @@ CASES = [
 # More bad values of single fields, checked in-process (milliseconds each): the table above
 # already shows how any ConfigError reaches the command line.
 BAD_FIELD_VALUES = [
-    ('momentum', 1.0), ('aug.crop_scale', (0.5,)), ('aug.crop_ratio', (0.0, 1.0)),
+    ('optim.momentum', 1.0), ('aug.crop_scale', (0.5,)), ('aug.crop_ratio', (0.0, 1.0)),
     ('aug.brightness', -0.1), ('aug.contrast', 'high'), ('aug.blur_sigma', (2.0, 0.1)),
     ('aug.blur_sigma', (0.0, 1.0)), ('aug.flip_prob', -0.5), ('aug.hue', -0.1),
-    ('aug.blur_kernel_fraction', 0.0), ('evals.knn.temperature', 0.0), ('evals.knn.every_epochs', -1),
+    ('aug.blur_kernel_fraction', 0.0), ('evals.knn.temperature', 0.0),
+    ('evals.knn.every_epochs', -1),
     ('data.eval_crop_fraction', 0.0), ('data.eval_crop_fraction', 1.5),
     ('data.jpeg_dct_method', 'FASTEST'), ('data.std', (0.2, 0.2, 0.0)),
-    ('data.mean', (0.5, 0.5)), ('warmup_epochs', 100), ('weight_decay', -1e-4),
+    ('data.mean', (0.5, 0.5)), ('optim.warmup_epochs', 100), ('optim.weight_decay', -1e-4),
     ('collapse_warning_fraction', 2.0), ('linear.crop_scale', (1.0, 0.08)),
     ('linear.lr_schedule', 'step'), ('linear.momentum', -0.1), ('linear.weight_decay', -1.0),
     ('linear.eval_every_epochs', -1),
 ]
+# Method fields (methods/simsiam.py validate), alone or with the settings they conflict with.
+BAD_METHOD_VALUES = [
+    ({'method': 'byol'}, 'method'), ({'simsiam.target': 'ema'}, 'simsiam.target'),
+    ({'simsiam.target': 'k_step', 'simsiam.target_refresh_steps': 0},
+     'simsiam.target_refresh_steps'),
+    ({'simsiam.target': 'k_step', 'simsiam.target_refresh_steps': 2.5},
+     'simsiam.target_refresh_steps'),
+    ({'simsiam.target': 'k_step', 'simsiam.target_refresh_epochs': -1.0},
+     'simsiam.target_refresh_epochs'),
+    ({'simsiam.target': 'k_step', 'stop_gradient': False}, 'stop_gradient'),
+    ({'simsiam.target': 'memory_bank', 'simsiam.bank_momentum': 1.0}, 'simsiam.bank_momentum'),
+    ({'simsiam.target': 'memory_bank', 'loss_symmetry': 'asymmetric'}, 'loss_symmetry'),
+    ({'simsiam.target': 'memory_bank', 'data.source': 'tfds'}, 'data.source'),
+]
 
 
-@pytest.mark.parametrize('field,value', BAD_FIELD_VALUES, ids=lambda x: str(x))
-def test_every_bad_field_value_is_a_config_error_naming_the_field(field, value):
-  config = default.get_config()
+def _set_field(config, field, value):
   *parents, name = field.split('.')
   parent = config
   for key in parents:
     parent = parent[key]
   with parent.ignore_type():
     parent[name] = value
+
+
+@pytest.mark.parametrize('field,value', BAD_FIELD_VALUES, ids=lambda x: str(x))
+def test_every_bad_field_value_is_a_config_error_naming_the_field(field, value):
+  config = default.get_config()
+  _set_field(config, field, value)
   with pytest.raises(config_validation.ConfigError, match=re.escape(f'config.{field}=')):
     if field.startswith('linear.'):
       config_validation.validate_linear_config(config, device_count=8)
     else:
       config_validation.validate_config(config, device_count=8)
+
+
+@pytest.mark.parametrize('values,field', BAD_METHOD_VALUES, ids=lambda x: str(x))
+def test_every_bad_method_value_is_a_config_error_naming_the_field(values, field):
+  config = default.get_config()
+  for path, value in values.items():
+    _set_field(config, path, value)
+  with pytest.raises(config_validation.ConfigError, match=re.escape(f'config.{field}=')):
+    methods.get(config.method).validate(config)
 
 
 def _write_folder(root, classes_by_split, image=None, count=16):

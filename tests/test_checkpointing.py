@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_tiny_config
+from helpers import make_tiny_config
 
-from simsiam_jax import checkpointing, optimizer, sharding
+from simsiam_jax import checkpointing, sharding
 from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.checkpointing import CheckpointError, Checkpointer
+from simsiam_jax.methods import simsiam
 from simsiam_jax.models import create_model
 from simsiam_jax.train_state import create_train_state
 
@@ -27,7 +28,7 @@ def _mesh(num_devices):
 def model_state():
   """A tiny SimSiam train state on the 8-device mesh, one update away from its init."""
   config = make_tiny_config()
-  tx = optimizer.create_optimizer(config, steps_per_epoch=4)
+  tx = simsiam.create_optimizer(config, steps_per_epoch=4)
   state = create_train_state(jax.random.key(0), config, create_model(config.model), tx,
                              _mesh(8))
   grads = jax.tree.map(jnp.ones_like, state.params)

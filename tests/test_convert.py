@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import torch_reference as ref
-from conftest import make_tiny_config
+from helpers import make_tiny_config
 from simsiam_jax import checkpointing, convert, evaluators, input_pipeline, linear_eval
-from simsiam_jax import optimizer, sharding, train
+from simsiam_jax import sharding, train
+from simsiam_jax.methods import simsiam
 from simsiam_jax.models import create_model, torchvision_format
 from simsiam_jax.train_state import create_train_state
-from test_main import REPO_ROOT
-from test_train_loop import TINY_RUN
+from helpers import REPO_ROOT, TINY_RUN
 
 
 def tiny_torch_backbone(config, seed=0):
@@ -46,7 +46,7 @@ def numpy_state(model, prefix=''):
 def stored_state(workdir, config):
   """(state, step) of the workdir's checkpoint, restored into the config's train state."""
   mesh = sharding.create_mesh()
-  tx = optimizer.create_optimizer(config, input_pipeline.pretrain_steps_per_epoch(config))
+  tx = simsiam.create_optimizer(config, input_pipeline.pretrain_steps_per_epoch(config))
   target = create_train_state(jax.random.key(0), config, create_model(config.model), tx, mesh)
   with checkpointing.Checkpointer(workdir, max_to_keep=3, save_every_steps=1000) as ckpt:
     return ckpt.restore(target)

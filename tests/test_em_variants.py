@@ -171,6 +171,7 @@ def test_preempted_and_resumed_run_ends_in_the_uninterrupted_state(tiny_config, 
   tiny_config.simsiam.target = target
   tiny_config.simsiam.target_refresh_steps = 3
   tiny_config.model.predictor = 'none' if target == 'memory_bank' else 'mlp'
+  del tiny_config.evals['knn']  # Not under test here; saves its compilation.
   total_steps = tiny_config.num_epochs * STEPS_PER_EPOCH
   train.train_and_evaluate(tiny_config, str(tmp_path / 'uninterrupted'))
 
@@ -185,3 +186,15 @@ def test_preempted_and_resumed_run_ends_in_the_uninterrupted_state(tiny_config, 
   assert step == resumed_step == total_steps
   assert jax.tree.leaves(resumed['method_state'])
   jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+
+
+def test_resuming_with_another_target_is_refused_naming_the_field(tiny_config, tmp_path):
+  with checkpointing.Checkpointer(tmp_path, max_to_keep=1, save_every_steps=1) as ckpt:
+    ckpt.save(1, {'w': np.zeros(2)}, tiny_config)
+  tiny_config.simsiam.target = 'k_step'
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'config\.simsiam\.target: online -> k_step$'):
+    checkpointing.check_resumable(tmp_path, tiny_config)
+  tiny_config.simsiam.target = 'online'
+  tiny_config.simsiam.bank_momentum = 0.5  # Not part of the state: may change.
+  checkpointing.check_resumable(tmp_path, tiny_config)

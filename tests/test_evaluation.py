@@ -3,17 +3,15 @@
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import make_tiny_config
+from helpers import make_tiny_config
 from simsiam_jax import curves, evaluators, features, input_pipeline, linear_eval, sharding
-from test_main import REPO_ROOT, run_main
-from test_train_loop import TINY_RUN
+from simsiam_jax.train_state import compute_dtype
+from helpers import TINY_RUN, run_main
 
 
 @pytest.fixture(scope='module')
@@ -77,7 +75,8 @@ def test_frozen_backbone_features_do_not_depend_on_the_rest_of_the_batch(pretrai
   config = _linear_config(pretrained_workdir, cached_features=True)
   mesh = sharding.create_mesh()
   backbone = evaluators.restore_backbone(config, mesh)
-  feature_fn = features.make_feature_fn(config, mesh)
+  feature_fn = features.make_feature_fn(config.model, config.data, compute_dtype(config),
+                                         mesh)
   batch = next(input_pipeline.create_eval_iterators(config)[1]())
   shuffled = {k: np.concatenate([v[:8], v[8:][::-1]]) for k, v in batch.items()}
   first = features.local_rows(feature_fn(backbone, sharding.global_batch_from_local(batch,

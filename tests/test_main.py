@@ -3,21 +3,13 @@
 import os
 import re
 import shlex
-import subprocess
-import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_main(*args, timeout=600):
-  return subprocess.run([sys.executable, '-m', 'simsiam_jax.main', *args], cwd=REPO_ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+from helpers import TINY_RUN, run_main
 
 
 def test_a_run_ends_with_a_summary_whose_next_commands_work(tmp_path):
   """Pretraining, then the kNN and linear-evaluation commands its summary suggests, each
   ending with its own summary block."""
-  from test_train_loop import TINY_RUN  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
   result = run_main(*TINY_RUN, '--config.num_epochs=2', '--config.evals.knn.every_epochs=1',
                     '--config.linear.batch_size=16', '--config.linear.num_epochs=1',

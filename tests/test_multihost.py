@@ -6,8 +6,7 @@ import socket
 import subprocess
 import sys
 
-from test_main import REPO_ROOT
-from test_train_loop import TINY_RUN, checkpoint_steps
+from helpers import REPO_ROOT, TINY_RUN, checkpoint_steps
 
 
 def _free_port():

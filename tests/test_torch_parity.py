@@ -63,10 +63,10 @@ def make_config(case):
     config.model[field] = spec[field]
   config.data.image_size = spec['image_size']
   config.batch_size = BATCH
-  config.base_lr = 0.64  # lr 0.08 at batch 32: 5 steps move every parameter visibly.
-  config.weight_decay = 1e-3
+  config.optim.base_lr = 0.64  # lr 0.08 at batch 32: 5 steps move every parameter visibly.
+  config.optim.weight_decay = 1e-3
   config.num_epochs = 3
-  config.lr_schedule = 'cosine_per_epoch'
+  config.optim.lr_schedule = 'cosine_per_epoch'
   return config
 
 
@@ -262,8 +262,8 @@ def test_float32_features_z_p_and_loss_match(case, train_mode):
 
 
 def _torch_sgd_steps(config, model, batches, steps_per_epoch, dtype=torch.float32):
-  init_lr = optimizer.initial_learning_rate(config)
-  sgd = ref.official_optimizer(model, init_lr, config.momentum, config.weight_decay)
+  init_lr = optimizer.initial_learning_rate(config.optim, config.batch_size)
+  sgd = ref.official_optimizer(model, init_lr, config.optim.momentum, config.optim.weight_decay)
   model.to(dtype).train()
   for step, batch in enumerate(batches):
     ref.adjust_learning_rate(sgd, init_lr, step // steps_per_epoch, config.num_epochs)
@@ -275,7 +275,7 @@ def _torch_sgd_steps(config, model, batches, steps_per_epoch, dtype=torch.float3
 
 def _our_sgd_steps(config, variables, batches, steps_per_epoch, mesh, dtype=jnp.float32):
   """The real jitted train step on `mesh`; a float64 model needs jax.enable_x64."""
-  tx = optimizer.create_optimizer(config, steps_per_epoch)
+  tx = simsiam.create_optimizer(config, steps_per_epoch)
   variables = jax.tree.map(lambda x: np.asarray(x, dtype), variables)
   state = jax.device_put(
       TrainState.create(apply_fn=create_model(config.model, dtype=dtype).apply,
@@ -321,7 +321,7 @@ def test_five_float32_sgd_steps_at_the_official_lr_match(case):
   """The same in float32 at the official lr (0.05 * batch / 256): parameters within 1e-4
   (relative above 1, absolute below)."""
   config = make_config(case)
-  config.base_lr = 0.05
+  config.optim.base_lr = 0.05
   model = make_torch_model(case, randomize_batch_norm=False)
   variables = import_variables(config, model)
   batches = [images(config, seed=10 + i) for i in range(5)]

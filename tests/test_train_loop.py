@@ -9,20 +9,7 @@ import time
 import pytest
 
 from simsiam_jax.reporting import read_scalars
-from test_main import REPO_ROOT, run_main
-
-# 64 generated images, batch 16: 4 steps per epoch.
-TINY_RUN = ['--config=configs/default.py', '--config.model.width=4',
-            '--config.model.projector_hidden_dim=32', '--config.model.projector_dim=32',
-            '--config.model.predictor_hidden_dim=8', '--config.data.image_size=16',
-            '--config.data.synthetic_train_examples=64',
-            '--config.data.synthetic_eval_examples=32', '--config.batch_size=16',
-            '--config.log_every_steps=1', '--config.evals.knn.every_epochs=0']
-
-
-def checkpoint_steps(workdir):
-  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
-
+from helpers import REPO_ROOT, TINY_RUN, checkpoint_steps, run_main
 
 def start_main(*args):
   return subprocess.Popen([sys.executable, '-m', 'simsiam_jax.main', *args], cwd=REPO_ROOT,
@@ -89,7 +76,7 @@ def test_sigterm_saves_the_current_step_and_a_rerun_resumes_from_it(tmp_path):
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   result = run_main(*TINY_RUN, '--config.num_epochs=5', '--config.checkpoint_every_steps=2',
-                    '--config.base_lr=1e30', f'--workdir={tmp_path}')
+                    '--config.optim.base_lr=1e30', f'--workdir={tmp_path}')
   assert result.returncode == 1, result.stderr[-3000:]
   assert 'Traceback' not in result.stderr
   (error,) = [line for line in result.stderr.splitlines() if line.startswith('error:')]

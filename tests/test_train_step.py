@@ -59,7 +59,8 @@ def test_step_updates_params_batch_stats_and_reports_metrics(tiny_config):
   assert all(jax.tree.leaves(stats_changed))
   assert -1 <= float(metrics['loss']) <= 1
   np.testing.assert_allclose(metrics['learning_rate'],
-                             optimizer.initial_learning_rate(tiny_config))
+                             optimizer.initial_learning_rate(tiny_config.optim,
+                                                              tiny_config.batch_size))
   assert 0 < float(metrics['z_std']) <= 1 and 0 < float(metrics['p_std']) <= 1
   # The state is donated: every one of its buffers is aliased to an output of the step.
   lowered = step_fn.lower(new_state, jax.device_put(_batch(tiny_config),

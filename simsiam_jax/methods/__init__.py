@@ -3,6 +3,7 @@
 A method is a module with plain functions, so that the loop (train.py) knows none of them:
 
   validate(config)                      raises ConfigError on a bad method field.
+  create_optimizer(config, steps_per_epoch) -> optax.GradientTransformation
   create_train_state(rng, config, tx, mesh, num_train_examples) -> TrainState
       the online network and whatever else the method keeps (train_state.method_state:
       a target network, a memory bank), initialised in place on the mesh.

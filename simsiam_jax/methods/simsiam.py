@@ -63,6 +63,14 @@ def target_refresh_steps(config: ml_collections.ConfigDict, steps_per_epoch: int
       config.simsiam.target_refresh_steps)
 
 
+def create_optimizer(config: ml_collections.ConfigDict,
+                     steps_per_epoch: int) -> optax.GradientTransformation:
+  # A 'fixed_random' predictor stays at its initialisation (paper Table 1b).
+  return optimizer.create_optimizer(
+      config.optim, batch_size=config.batch_size, num_epochs=config.num_epochs,
+      steps_per_epoch=steps_per_epoch, frozen_predictor=config.model.predictor == 'fixed_random')
+
+
 def bank_rows(num_train_examples: int, mesh) -> int:
   """One row per training image, padded to split evenly over the devices."""
   return -(-num_train_examples // mesh.devices.size) * mesh.devices.size
@@ -148,7 +156,9 @@ def bank_targets(state: TrainState, outputs, indices, momentum: float):
 
 def train_step_fn(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """step(state, batch) -> (state, metrics): one SGD step on a global batch of view pairs."""
-  lr_schedule = optimizer.cosine_schedule(config, steps_per_epoch)
+  lr_schedule = optimizer.cosine_schedule(config.optim, batch_size=config.batch_size,
+                                          num_epochs=config.num_epochs,
+                                          steps_per_epoch=steps_per_epoch)
   target = config.simsiam.target
   refresh_every = target_refresh_steps(config, steps_per_epoch)
   similarity = losses.SIMILARITIES[config.similarity]
