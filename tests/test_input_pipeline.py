@@ -49,17 +49,32 @@ def pretrain_batches(config, n, **kwargs):
 def assert_same_batches(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b):
-    for key in ('view1', 'view2'):
+    assert sorted(x) == sorted(y)
+    for key in x:
       np.testing.assert_array_equal(x[key], y[key])
 
 
-def test_pretrain_batches_are_uint8_views(config):
+def test_pretrain_batches_are_uint8_views_with_each_images_index(config):
   batch, = pretrain_batches(config, 1)
-  assert set(batch) == {'view1', 'view2'}
-  for view in batch.values():
+  assert set(batch) == {'view1', 'view2', 'index'}
+  for view in (batch['view1'], batch['view2']):
     assert view.dtype == np.uint8 and view.shape == (16, 32, 32, 3)
   assert not np.array_equal(batch['view1'], batch['view2'])
   assert input_pipeline.num_pretrain_examples(config) == 96
+  assert batch['index'].dtype == np.int32 and batch['index'].shape == (16,)
+
+
+def test_indices_of_an_epoch_name_every_image_once_across_processes(config):
+  """A memory bank row per image: the index is the image's, whichever process reads it."""
+  config = identity_augmentation(config)
+  config.data.image_size = 16
+  images = datasets.render_scene_views(96, 16, config.data.synthetic_seed, 0)[0]
+  indices = []
+  for process in range(2):
+    for batch in pretrain_batches(config, 6, process_index=process, process_count=2):
+      indices += batch['index'].tolist()
+      np.testing.assert_array_equal(batch['view1'], images[batch['index']])
+  assert sorted(indices) == list(range(96))
 
 
 def test_same_seed_same_batches_other_seed_different(config):
