@@ -94,7 +94,8 @@ def get_knn_config() -> ml_collections.ConfigDict:
   knn = ml_collections.ConfigDict()
   knn.k = 200
   knn.temperature = 0.1
-  # Pretraining computes it every this many epochs (0: only at the end) and at the end.
+  # Pretraining computes it at step 0, every this many epochs (0: never before the end) and
+  # at the end.
   knn.every_epochs = 0
   return knn
 
