@@ -169,7 +169,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_features = lambda: cached_eval
   else:
     eval_features = lambda: features.feature_batches(feature_fn, backbone, eval_batches(), mesh)
-  every = config.linear.eval_every_epochs * steps_per_epoch
 
   logging.info('Linear evaluation (%s) of %s: %d steps (%d per epoch), batch %d.', mode,
                config.pretrained_workdir, total_steps, steps_per_epoch, config.linear.batch_size)
@@ -186,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info('linear eval (%s) step %d/%d loss %.4f | %.2f steps/s, ETA %.0fs', mode,
                    step, total_steps, loss, rate, (total_steps - step) / rate)
       writer.write_scalars(step, {'linear/train_loss': loss})
-    if step == total_steps or (every and step % every == 0):
+    if evaluators.is_due(config.linear.eval_every_epochs, step, steps_per_epoch, total_steps):
       epoch = step / steps_per_epoch
       history[epoch] = evaluate(state, eval_features())
       logging.info('Linear evaluation (%s) at epoch %g: top-1 %.2f%%, top-5 %.2f%% on %d '
