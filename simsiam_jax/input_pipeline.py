@@ -72,11 +72,15 @@ def num_pretrain_examples(config) -> int:
 
 def pretrain_steps_per_epoch(config) -> int:
   """Global batches per pass over the pretraining split (the remainder is dropped)."""
-  num_examples = num_pretrain_examples(config)
-  if num_examples < config.batch_size:
-    raise DataError(f'config.batch_size={config.batch_size} is larger than the '
-                    f'{num_examples} examples of config.data.train_split')
-  return num_examples // config.batch_size
+  return steps_per_epoch(num_pretrain_examples(config), config.batch_size)
+
+
+def steps_per_epoch(num_pretrain_examples: int, batch_size: int) -> int:
+  """pretrain_steps_per_epoch for a split size the caller already has."""
+  if num_pretrain_examples < batch_size:
+    raise DataError(f'config.batch_size={batch_size} is larger than the '
+                    f'{num_pretrain_examples} examples of config.data.train_split')
+  return num_pretrain_examples // batch_size
 
 
 def num_classes(config) -> int:

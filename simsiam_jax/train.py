@@ -37,8 +37,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Pretrains config.method as `config` says in `workdir`, resuming from its last checkpoint.
 
   Returns the metrics of the last reporting window, the evaluators' last metrics (such as
-  knn_top1), the first and last
-  step this call trained, the run's total steps and the z-std of no collapse, 1/sqrt(d).
+  knn_top1), the first and last step this call trained, the run's total steps and the z-std
+  of no collapse, 1/sqrt(d).
   """
   workdir_lib.validate(workdir)
   config_validation.validate_config(config, device_count=jax.device_count(),
@@ -47,7 +47,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   method.validate(config)
   mesh = sharding.create_mesh()
   num_examples = input_pipeline.num_pretrain_examples(config)
-  steps_per_epoch = input_pipeline.pretrain_steps_per_epoch(config)
+  steps_per_epoch = input_pipeline.steps_per_epoch(num_examples, config.batch_size)
   total_steps = int(config.num_epochs * steps_per_epoch)
   tx = method.create_optimizer(config, steps_per_epoch)
   checkpointing.check_resumable(workdir, config)

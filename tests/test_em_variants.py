@@ -33,10 +33,6 @@ def _apply_fn(config):
   return create_model(config.model).apply
 
 
-def _encoder(params):
-  return {name: params[name] for name in simsiam.ENCODER_PARAMS}
-
-
 def test_one_step_alternation_is_simsiam_bit_for_bit(tiny_config):
   online = _run(tiny_config, 3)
   tiny_config.simsiam.target = 'k_step'
@@ -53,11 +49,11 @@ def test_k_step_target_is_refreshed_exactly_every_k_steps(tiny_config):
   tiny_config.simsiam.target_refresh_steps = 3
   mesh = sharding.create_mesh()
   initial, _ = helpers.state_and_step(tiny_config, mesh, STEPS_PER_EPOCH)
-  target = jax.device_get(_encoder(initial.params))
+  target = jax.device_get(simsiam.encoder_params(initial.params))
   for step, (state, _) in enumerate(_run(tiny_config, 7, mesh), start=1):
     stored = state.method_state[simsiam.TARGET_PARAMS]
     if step % 3 == 0:
-      target = _encoder(state.params)
+      target = simsiam.encoder_params(state.params)
     # Between refreshes the online network moves on and the target stays.
     jax.tree.map(np.testing.assert_array_equal, stored, target)
     if step % 3:

@@ -56,6 +56,11 @@ def validate(config: ml_collections.ConfigDict):
                               f'the {em.target!r} targets never carry a gradient')
 
 
+def encoder_params(params):
+  """The parameters a k-step target copies."""
+  return {name: params[name] for name in ENCODER_PARAMS}
+
+
 def target_refresh_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   """k of the k-step alternation, in steps."""
   epochs = config.simsiam.target_refresh_epochs
@@ -83,7 +88,7 @@ def create_train_state(rng, config: ml_collections.ConfigDict, tx: optax.Gradien
 
   def init_method_state(variables):
     if target == 'k_step':
-      return {TARGET_PARAMS: {name: variables['params'][name] for name in ENCODER_PARAMS}}
+      return {TARGET_PARAMS: encoder_params(variables['params'])}
     if target == 'memory_bank':
       rows = bank_rows(num_train_examples, mesh)
       return {MEMORY_BANK: jnp.zeros((rows, config.model.projector_dim), jnp.float32),
@@ -189,7 +194,7 @@ def train_step_fn(config: ml_collections.ConfigDict, steps_per_epoch: int):
       refresh = new_state.step % refresh_every == 0
       new_state = new_state.replace(method_state={TARGET_PARAMS: jax.tree.map(
           lambda online, old: jnp.where(refresh, online, old),
-          {name: new_state.params[name] for name in ENCODER_PARAMS},
+          encoder_params(new_state.params),
           state.method_state[TARGET_PARAMS])})
 
     def mean_std(name):
