@@ -70,13 +70,6 @@ def test_flip_fraction_near_half():
   assert abs(flipped.mean() - 0.5) < 0.04
 
 
-def test_color_jitter_applied_with_prob():
-  aug = base.get_augmentation_config()
-  image = colorful_image()
-  outputs = over_seeds(lambda s: augmentations.random_color_jitter(image, s, aug))
-  assert abs(fraction_changed(outputs, image) - aug.color_jitter_prob) < 0.04
-
-
 def test_color_jitter_is_identity_at_zero_strength_and_varies_otherwise():
   image = colorful_image()
   seed = tf.constant([3, 4])
@@ -166,6 +159,87 @@ def test_jpeg_union_decode_matches_full_decode():
 @pytest.fixture
 def aug():
   return base.get_augmentation_config()
+
+
+# MoCo v2's augmentation (moco/main_moco.py --aug-plus), which main_simsiam.py copies:
+# RandomResizedCrop(224, scale=(0.2, 1.)), RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)],
+# p=0.8), RandomGrayscale(p=0.2), RandomApply([GaussianBlur([.1, 2.])], p=0.5),
+# RandomHorizontalFlip().
+PAPER_RECIPE = {'crop_scale': (0.2, 1.0), 'crop_ratio': (3 / 4, 4 / 3), 'brightness': 0.4,
+                'contrast': 0.4, 'saturation': 0.4, 'hue': 0.1, 'color_jitter_prob': 0.8,
+                'grayscale_prob': 0.2, 'blur_prob': 0.5, 'blur_sigma': (0.1, 2.0),
+                'flip_prob': 0.5}
+APPLY_PROBABILITIES = ('color_jitter_prob', 'grayscale_prob', 'blur_prob', 'flip_prob')
+
+
+def test_the_default_augmentation_is_the_official_recipe(aug):
+  for field, value in PAPER_RECIPE.items():
+    np.testing.assert_allclose(aug[field], value, err_msg=field)
+
+
+def test_each_op_of_a_view_is_applied_with_its_own_probability(aug):
+  """Over 2000 seeds, a view differs from the same seed's view without op X in a fraction
+  of the draws equal to X's probability in the default config (the paper's, pinned above),
+  and grayscale views (equal channels) are 20% of all."""
+  aug.blur_sigma = (1.0, 2.0)  # Every applied blur shows; the recipe's range is pinned above.
+  image = colorful_image()
+  views = lambda a: over_seeds(lambda s: augmentations.augment_view(image, s, a, 32))
+  full = views(aug)
+  for field in APPLY_PROBABILITIES:
+    without = aug.copy_and_resolve_references()
+    without[field] = 0.0
+    fraction = np.mean(np.any(views(without) != full, axis=(1, 2, 3)))
+    assert abs(fraction - PAPER_RECIPE[field]) < 0.04, (field, fraction)
+  gray = np.all(full[..., :1] == full, axis=(1, 2, 3))
+  assert abs(gray.mean() - PAPER_RECIPE['grayscale_prob']) < 0.04
+
+
+def _torchvision_crop_areas(rng, num, scale, ratio, height, width):
+  """Area fractions of torchvision's RandomResizedCrop.get_params, in numpy."""
+  areas = []
+  for _ in range(num):
+    for _ in range(10):
+      target = height * width * rng.uniform(*scale)
+      aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+      w, h = round(np.sqrt(target * aspect)), round(np.sqrt(target / aspect))
+      if 0 < w <= width and 0 < h <= height:
+        areas.append(h * w / (height * width))
+        break
+    else:
+      areas.append(1.0)  # Central crop of the whole (square) image.
+  return np.array(areas)
+
+
+def test_crop_areas_are_distributed_as_torchvisions_for_the_papers_scale(aug):
+  """The default config's crops: the area distribution of torchvision's RandomResizedCrop
+  with scale (0.2, 1) and ratio (3/4, 4/3) on a square image (mean about 0.54, not the 0.48
+  of scale (0.08, 1), the linear-evaluation crops)."""
+  side = 224
+  windows = augmentations.random_resized_crop_windows(
+      [side, side], tf.constant([0, 1]), 4 * DRAWS, aug.crop_scale, aug.crop_ratio).numpy()
+  ours = windows[:, 2] * windows[:, 3] / side**2
+  reference = _torchvision_crop_areas(np.random.default_rng(0), 4 * DRAWS,
+                                      PAPER_RECIPE['crop_scale'], PAPER_RECIPE['crop_ratio'],
+                                      side, side)
+  standard_error = reference.std() / np.sqrt(len(ours))
+  assert abs(ours.mean() - reference.mean()) < 4 * standard_error, (ours.mean(),
+                                                                   reference.mean())
+  assert abs(ours.min() - 0.2) < 0.01 and ours.max() > 0.99
+  for q in (0.1, 0.5, 0.9):
+    assert abs(np.quantile(ours, q) - np.quantile(reference, q)) < 0.02, q
+
+
+def test_color_jitter_factors_span_the_papers_ranges(aug):
+  """ColorJitter(0.4, 0.4, 0.4, 0.1): brightness, contrast and saturation factors uniform
+  over [0.6, 1.4], the hue shift over [-0.1, 0.1]."""
+  factors, _ = over_seeds(lambda s: augmentations.color_jitter_params(
+      s, aug.brightness, aug.contrast, aug.saturation, aug.hue))
+  for column, (low, high) in enumerate([(0.6, 1.4)] * 3 + [(-0.1, 0.1)]):
+    values = factors[:, column]
+    width = high - low
+    assert low - 1e-6 <= values.min() < low + 0.01 * width, column
+    assert high - 0.01 * width < values.max() <= high + 1e-6, column
+    assert abs(values.mean() - (low + high) / 2) < 0.03 * width, column
 
 
 def test_two_views_are_uint8_independent_and_deterministic(aug):

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from configs import base
+from helpers import make_tiny_config
 from simsiam_jax.models import create_model, heads, resnet
 
 
@@ -21,6 +23,42 @@ def _param_count(module, *inputs, **kwargs):
 def test_parameter_count_matches_torchvision_without_fc(name, expected):
   images = jnp.zeros((1, 224, 224, 3))
   assert _param_count(resnet.create_backbone(name), images, train=False) == expected
+
+
+def _head_param_counts(model_config):
+  """{'backbone', 'projector', 'predictor': number of parameters} of create_model's network."""
+  model = create_model(model_config)
+  images = jnp.zeros((2, 32, 32, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, images, train=False))
+  return {name: sum(x.size for x in jax.tree.leaves(tree))
+          for name, tree in variables['params'].items()}
+
+
+def test_parameter_counts_of_the_official_resnet50_simsiam():
+  """main_simsiam.py's builder (dim 2048, pred_dim 512):
+  projector: three 2048x2048 Linear without bias (3 * 4,194,304), BN(2048) with affine on
+  the first two (2 * 4,096), affine-free output BN: 12,591,104;
+  predictor: 2048x512 without bias (1,048,576), BN(512) (1,024), 512x2048 with bias
+  (1,050,624): 2,100,224;
+  backbone: torchvision's resnet50 without fc, 25,557,032 - 2,049,000 = 23,508,032."""
+  model_config = base.get_model_config()
+  assert _head_param_counts(model_config) == {
+      'backbone': 23_508_032, 'projector': 12_591_104, 'predictor': 2_100_224}
+
+
+def test_parameter_counts_follow_each_head_dimension():
+  """Every dimension different, so a head built from the wrong field changes a count."""
+  model_config = make_tiny_config().model
+  model_config.update(width=4, projector_layers=3, projector_hidden_dim=24, projector_dim=20,
+                      predictor_hidden_dim=12)
+  feature_dim = resnet.create_backbone(model_config.name, width=4).feature_dim
+  counts = _head_param_counts(model_config)
+  hidden, out, predictor_hidden = 24, 20, 12
+  assert feature_dim not in (hidden, out, predictor_hidden)
+  assert counts['projector'] == feature_dim * hidden + 2 * hidden + hidden * hidden + (
+      2 * hidden) + hidden * out
+  assert counts['predictor'] == out * predictor_hidden + 2 * predictor_hidden + (
+      predictor_hidden * out + out)
 
 
 def test_last_batchnorm_of_every_residual_branch_starts_at_zero():

@@ -2,9 +2,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from simsiam_jax import optimizer
 from simsiam_jax.methods import simsiam
+from simsiam_jax.models import create_model
 
 
 def _initial_lr(config):
@@ -123,3 +125,22 @@ def test_cosine_per_epoch_is_the_official_adjust_learning_rate(tiny_config):
     np.testing.assert_allclose(per_step(step), init_lr * 0.5 * (
         1 + np.cos(np.pi * step / (5 * steps_per_epoch))), rtol=1e-5, atol=1e-9)
   assert float(staircase(9)) != float(per_step(9))
+
+
+def test_weight_decay_reaches_every_parameter_of_the_real_model(tiny_config):
+  """The official SGD(weight_decay=1e-4) decays every parameter, biases and BatchNorm
+  included: with zero gradients the first update of every leaf is -lr * wd * p."""
+  model = create_model(tiny_config.model)
+  images = jnp.zeros((2, 16, 16, 3))
+  params = model.init(jax.random.key(0), images, images, train=False)['params']
+  # Non-zero everywhere (zero-initialised biases and BN scales would hide a missing decay).
+  params = jax.tree.map(lambda p: p + 0.5, params)
+  tx = simsiam.create_optimizer(tiny_config, steps_per_epoch=4)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  lr, wd = _initial_lr(tiny_config), tiny_config.optim.weight_decay
+  assert wd == 1e-4
+  flat = traverse_util.flatten_dict(updates, sep='/')
+  assert any(name.endswith('bias') for name in flat)
+  for name, update in flat.items():
+    expected = -lr * wd * traverse_util.flatten_dict(params, sep='/')[name]
+    np.testing.assert_allclose(update, expected, rtol=1e-5, err_msg=name)
