@@ -4,6 +4,7 @@ import numpy as np
 
 import helpers
 from simsiam_jax import optimizer, sharding
+from simsiam_jax.methods import simsiam
 
 STEPS_PER_EPOCH = 4
 
@@ -42,10 +43,24 @@ def test_eight_devices_match_one_device_on_the_same_global_batch(tiny_config):
   assert int(state8.step) == 2
 
 
+def _negative_cosine(p, z):
+  p, z = np.asarray(p, np.float64), np.asarray(z, np.float64)
+  return -np.mean(np.sum(p * z, 1) / np.linalg.norm(p, axis=1) / np.linalg.norm(z, axis=1))
+
+
+def _normalized_std(z):
+  z = np.asarray(z, np.float64)
+  return np.mean(np.std(z / np.linalg.norm(z, axis=1, keepdims=True), axis=0))
+
+
 def test_step_updates_params_batch_stats_and_reports_metrics(tiny_config):
   mesh = sharding.create_mesh()
   state, step_fn = helpers.state_and_step(tiny_config, mesh, STEPS_PER_EPOCH)
   before = jax.device_get((state.params, state.batch_stats))
+  (outputs,), _ = simsiam.forward(state.params, state.batch_stats, state.apply_fn,
+                                  simsiam.normalized_view_pairs(_batch(tiny_config),
+                                                                tiny_config))
+  outputs = jax.device_get(outputs)
   new_state, metrics = step_fn(state, jax.device_put(_batch(tiny_config),
                                                      sharding.batch_sharding(mesh)))
   after = jax.device_get((new_state.params, new_state.batch_stats))
@@ -57,11 +72,15 @@ def test_step_updates_params_batch_stats_and_reports_metrics(tiny_config):
   assert params_changed['backbone']['stem_conv']['kernel']
   assert params_changed['predictor']['Dense_1']['bias']
   assert all(jax.tree.leaves(stats_changed))
-  assert -1 <= float(metrics['loss']) <= 1
-  np.testing.assert_allclose(metrics['learning_rate'],
-                             optimizer.initial_learning_rate(tiny_config.optim,
-                                                              tiny_config.batch_size))
-  assert 0 < float(metrics['z_std']) <= 1 and 0 < float(metrics['p_std']) <= 1
+  # The metrics are those of the networks before the update, recomputed here in float64.
+  expected = {'loss': (_negative_cosine(outputs['p1'], outputs['z2']) +
+                       _negative_cosine(outputs['p2'], outputs['z1'])) / 2,
+              'z_std': (_normalized_std(outputs['z1']) + _normalized_std(outputs['z2'])) / 2,
+              'p_std': (_normalized_std(outputs['p1']) + _normalized_std(outputs['p2'])) / 2,
+              'learning_rate': optimizer.initial_learning_rate(tiny_config.optim,
+                                                               tiny_config.batch_size)}
+  for name, value in expected.items():
+    np.testing.assert_allclose(metrics[name], value, rtol=1e-4, err_msg=name)
   # The state is donated: every one of its buffers is aliased to an output of the step.
   lowered = step_fn.lower(new_state, jax.device_put(_batch(tiny_config),
                                                     sharding.batch_sharding(mesh)))
@@ -69,8 +88,22 @@ def test_step_updates_params_batch_stats_and_reports_metrics(tiny_config):
   assert lowered.as_text().count('tf.aliasing_output') == num_state_leaves
 
 
-def test_half_precision_keeps_float32_parameters(tiny_config):
+def _convolution_types(config):
+  """The element types of the convolutions in the lowered train step."""
+  mesh = sharding.create_mesh()
+  state, step_fn = helpers.state_and_step(config, mesh, STEPS_PER_EPOCH)
+  text = step_fn.lower(state, jax.device_put(_batch(config),
+                                             sharding.batch_sharding(mesh))).as_text()
+  convolutions = [line for line in text.splitlines() if 'stablehlo.convolution' in line]
+  assert convolutions
+  return {dtype for line in convolutions for dtype in ('bf16', 'f32') if f'x{dtype}>' in line}
+
+
+def test_half_precision_convolves_in_bfloat16_and_keeps_float32_parameters(tiny_config):
+  assert _convolution_types(tiny_config) == {'f32'}
   tiny_config.half_precision = True
+  assert _convolution_types(tiny_config) == {'bf16'}
   state, history = _train(tiny_config, jax.devices(), num_steps=1)
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
-  assert np.isfinite(history[0]['loss'])
+  kept = jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+  assert {x.dtype for x in kept if jnp.issubdtype(x.dtype, jnp.floating)} == {np.dtype('float32')}
+  assert history[0]['loss'].dtype == np.float32 and np.isfinite(history[0]['loss'])
