@@ -35,7 +35,9 @@ class Split:
   num_examples: int
   # Label i names class_names[i]; empty for an unlabeled split.
   class_names: tuple[str, ...]
-  # keys(process_index, process_count, shuffle_seed) -> tf.data.Dataset of keys.
+  # keys(process_index, process_count, shuffle_seed, block) -> tf.data.Dataset of keys;
+  # the indexed sources deal the processes blocks of `block` consecutive keys of the global
+  # order (the input pipeline passes its local batch), TFDS deals them files.
   keys: Callable[..., tf.data.Dataset]
   # read(key) -> {'image': string or uint8 [H, W, 3], 'label': int32}, and 'index' (int64,
   # the example's position in the split) where the source has one (not TFDS).
@@ -67,13 +69,19 @@ def load_split(data_config, field: str) -> Split:
 
 
 def indexed_split(num_examples: int, class_names: tuple[str, ...], read) -> Split:
-  """A split whose examples are read by index: shards by stride, shuffles by permutation."""
+  """A split whose examples are read by index: one permutation of the whole split, dealt to
+  the processes in blocks."""
 
-  def keys(process_index, process_count, shuffle_seed=None):
-    indices = tf.range(process_index, num_examples, process_count, dtype=tf.int64)
+  def keys(process_index, process_count, shuffle_seed=None, block=1):
+    indices = tf.range(num_examples, dtype=tf.int64)
     if shuffle_seed is not None:
       indices = tf.random.experimental.stateless_shuffle(indices, shuffle_seed)
-    return tf.data.Dataset.from_tensor_slices(indices)
+    # Dealt in blocks of `block` (the input pipeline's local batch): global batch b holds
+    # the same examples in the same order for any number of processes, so a run on two
+    # hosts trains on what a run on one host does.
+    dealt_to = tf.range(num_examples, dtype=tf.int64) // block % process_count
+    return tf.data.Dataset.from_tensor_slices(
+        tf.boolean_mask(indices, tf.equal(dealt_to, process_index)))
 
   return Split(num_examples, class_names, keys, lambda index: {**read(index), 'index': index})
 
@@ -281,7 +289,8 @@ def tfds_split(name: str, split: str, data_dir, shuffle_buffer: int, field: str)
                     'every epoch, shuffled within a buffer of %d only.', name,
                     builder.info.file_format, shuffle_buffer)
 
-  def keys(process_index, process_count, shuffle_seed=None):
+  def keys(process_index, process_count, shuffle_seed=None, block=1):
+    del block  # Each process reads its own files.
     process_split = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count)
     if shuffle_seed is None or not per_epoch_file_order:

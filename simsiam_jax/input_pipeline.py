@@ -94,7 +94,8 @@ def _augmented_stream(config, split: datasets.Split, batch_size: int, augment: C
   """This process's share of every global batch of `split` from `start_step` on, forever.
 
   `augment(example, seed)` makes one example's output dict; its seed depends only on
-  (config.seed, the example's slot in the global stream), whatever the process layout.
+  (config.seed, the example's slot in the global stream), whatever the process layout, and
+  so does the example in each slot for the indexed sources (datasets.indexed_split).
   """
   local_batch = local_batch_size(batch_size, process_count, batch_field)
   steps_per_epoch = split.num_examples // batch_size
@@ -105,7 +106,7 @@ def _augmented_stream(config, split: datasets.Split, batch_size: int, augment: C
 
   def epoch_keys(epoch):
     shuffle_seed = tf.stack([tf.constant(config.seed, tf.int64), epoch])
-    return split.keys(process_index, process_count, shuffle_seed).take(
+    return split.keys(process_index, process_count, shuffle_seed, block=local_batch).take(
         steps_per_epoch * local_batch)
 
   def augmented(position, key):

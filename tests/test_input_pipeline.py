@@ -112,6 +112,17 @@ def test_processes_read_disjoint_shards_covering_the_split(config):
   assert covered <= everything and len(covered) == 96 == len(seen[0]) + len(seen[1])
 
 
+@pytest.mark.parametrize('process_count', [2, 4])
+def test_global_batches_do_not_depend_on_the_number_of_processes(config, process_count):
+  """The processes' local batches, side by side, are the one-process run's global batches:
+  the same images, in the same order, augmented the same way, over two epochs."""
+  single = pretrain_batches(config, 12)
+  shares = [pretrain_batches(config, 12, process_index=p, process_count=process_count)
+            for p in range(process_count)]
+  assert_same_batches([{k: np.concatenate([s[step][k] for s in shares]) for k in single[0]}
+                       for step in range(12)], single)
+
+
 def test_epochs_are_reshuffled(config):
   config = identity_augmentation(config)
   batches = pretrain_batches(config, 12)
