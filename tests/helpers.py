@@ -7,7 +7,7 @@ import sys
 import jax
 
 from configs import default
-from simsiam_jax import methods, train
+from simsiam_jax import checkpointing, methods, sharding, train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,6 +19,11 @@ TINY_RUN = ['--config=configs/default.py', '--config.model.width=4',
             '--config.data.synthetic_eval_examples=32', '--config.batch_size=16',
             '--config.log_every_steps=1', '--config.evals.knn.every_epochs=0']
 
+# The shared pretrained run of tests/conftest.py: 2 epochs (8 steps), kNN after each, and the
+# linear evaluation its summary suggests shrunk to seconds.
+PRETRAINED_RUN = [*TINY_RUN, '--config.num_epochs=2', '--config.evals.knn.every_epochs=1',
+                  '--config.linear.batch_size=16', '--config.linear.num_epochs=1']
+
 
 def run_main(*args, timeout=600):
   return subprocess.run([sys.executable, '-m', 'simsiam_jax.main', *args], cwd=REPO_ROOT,
@@ -27,6 +32,17 @@ def run_main(*args, timeout=600):
 
 def checkpoint_steps(workdir):
   return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+
+
+def restore_final_state(config, workdir, steps_per_epoch: int):
+  """({'step', 'params', 'batch_stats', 'opt_state', 'method_state'} as numpy, step) of the
+  newest checkpoint in `workdir`, restored into the train state `config` creates."""
+  state, _ = state_and_step(config, sharding.create_mesh(), steps_per_epoch)
+  with checkpointing.Checkpointer(workdir, max_to_keep=3, save_every_steps=1000) as ckpt:
+    restored, step = ckpt.restore(state)
+  arrays = {name: getattr(restored, name) for name in
+            ('step', 'params', 'batch_stats', 'opt_state', 'method_state')}
+  return jax.device_get(arrays), step
 
 
 def make_tiny_config():
@@ -44,8 +60,6 @@ def make_tiny_config():
   config.log_every_steps = 2
   config.evals.knn.every_epochs = 0
   return config
-
-
 
 
 def state_and_step(config, mesh, steps_per_epoch: int, num_train_examples: int | None = None):

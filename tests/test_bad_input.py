@@ -60,19 +60,9 @@ CASES = [
               expected='config.batch_size=128'),
     main_case('batch_not_a_number', '--config.batch_size=abc', expected='--config.batch_size'),
     main_case('unknown_model', '--config.model.name=resnet51', expected='config.model.name'),
-    main_case('negative_lr', '--config.optim.base_lr=-0.1', expected='config.optim.base_lr'),
-    main_case('zero_epochs', '--config.num_epochs=0', expected='config.num_epochs'),
     main_case('unknown_method', '--config.method=byol', expected='config.method'),
-    main_case('unknown_schedule', '--config.optim.lr_schedule=linear',
-              expected='config.optim.lr_schedule'),
     main_case('unknown_mode', '--config.mode=train', expected='config.mode'),
     main_case('unknown_field', '--config.data.nonfield=3', expected='--config.data.nonfield'),
-    main_case('crop_scale_reversed', '--config.aug.crop_scale=(1.5,0.2)',
-              expected='config.aug.crop_scale'),
-    main_case('hue_above_half', '--config.aug.hue=0.7', expected='config.aug.hue'),
-    main_case('probability_above_one', '--config.aug.grayscale_prob=1.5',
-              expected='config.aug.grayscale_prob'),
-    main_case('knn_k_zero', '--config.evals.knn.k=0', expected='config.evals.knn.k'),
     main_case('knn_k_not_an_integer', '--config.evals.knn.k=2.5', expected='--config.evals.knn.k'),
     main_case('image_smaller_than_stem', '--config.model.cifar_stem=False',
               expected='config.data.image_size'),
@@ -141,7 +131,10 @@ CASES = [
 # More bad values of single fields, checked in-process (milliseconds each): the table above
 # already shows how any ConfigError reaches the command line.
 BAD_FIELD_VALUES = [
-    ('optim.momentum', 1.0), ('aug.crop_scale', (0.5,)), ('aug.crop_ratio', (0.0, 1.0)),
+    ('optim.base_lr', -0.1), ('num_epochs', 0), ('optim.lr_schedule', 'linear'),
+    ('aug.crop_scale', (1.5, 0.2)), ('aug.hue', 0.7), ('aug.grayscale_prob', 1.5),
+    ('evals.knn.k', 0), ('optim.momentum', 1.0), ('aug.crop_scale', (0.5,)),
+    ('aug.crop_ratio', (0.0, 1.0)),
     ('aug.brightness', -0.1), ('aug.contrast', 'high'), ('aug.blur_sigma', (2.0, 0.1)),
     ('aug.blur_sigma', (0.0, 1.0)), ('aug.flip_prob', -0.5), ('aug.hue', -0.1),
     ('aug.blur_kernel_fraction', 0.0), ('evals.knn.temperature', 0.0),
@@ -231,14 +224,10 @@ def _read_only_directory(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def places(tmp_path_factory):
-  """The paths the cases name: a pretrained run and damaged or foreign copies of it."""
+def places(tmp_path_factory, pretrained_workdir):
+  """The paths the cases name: the shared pretrained run and damaged or foreign copies."""
   tmp = tmp_path_factory.mktemp('bad_input')
-  pretrained = str(tmp / 'pretrained')
-  run = subprocess.run([sys.executable, '-m', 'simsiam_jax.main', *TINY_RUN,
-                        '--config.num_epochs=1', f'--workdir={pretrained}'],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
+  pretrained = pretrained_workdir
   paths = {'pretrained': pretrained, 'missing': str(tmp / 'missing'),
            'read_only': _read_only_directory(tmp)}
   for name in ('resumed', 'truncated', 'foreign'):

@@ -140,15 +140,6 @@ def test_memory_bank_updates_only_the_batchs_rows_with_momentum_m(bank_config):
   np.testing.assert_allclose(metrics['loss'], expected_loss, rtol=1e-5)
 
 
-def _restore_final(config, workdir):
-  state, _ = helpers.state_and_step(config, sharding.create_mesh(), STEPS_PER_EPOCH)
-  with checkpointing.Checkpointer(workdir, max_to_keep=3, save_every_steps=1000) as ckpt:
-    restored, step = ckpt.restore(state)
-  arrays = {name: getattr(restored, name) for name in
-            ('step', 'params', 'batch_stats', 'opt_state', 'method_state')}
-  return jax.device_get(arrays), step
-
-
 class _StopAtStep:
   """A preemption flag raised at the `step`-th poll of the loop (once per step)."""
 
@@ -177,8 +168,10 @@ def test_preempted_and_resumed_run_ends_in_the_uninterrupted_state(tiny_config, 
   monkeypatch.undo()
   train.train_and_evaluate(tiny_config, str(tmp_path / 'resumed'))
 
-  expected, step = _restore_final(tiny_config, tmp_path / 'uninterrupted')
-  resumed, resumed_step = _restore_final(tiny_config, tmp_path / 'resumed')
+  expected, step = helpers.restore_final_state(tiny_config, tmp_path / 'uninterrupted',
+                                               STEPS_PER_EPOCH)
+  resumed, resumed_step = helpers.restore_final_state(tiny_config, tmp_path / 'resumed',
+                                                         STEPS_PER_EPOCH)
   assert step == resumed_step == total_steps
   assert jax.tree.leaves(resumed['method_state'])
   jax.tree.map(np.testing.assert_array_equal, resumed, expected)

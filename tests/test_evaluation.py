@@ -3,23 +3,15 @@
 import hashlib
 import json
 import os
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import make_tiny_config
+from helpers import TINY_RUN, make_tiny_config, run_main
 from simsiam_jax import curves, evaluators, features, input_pipeline, linear_eval, sharding
 from simsiam_jax.train_state import compute_dtype
-from helpers import TINY_RUN, run_main
-
-
-@pytest.fixture(scope='module')
-def pretrained_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('pretrained')
-  result = run_main(*TINY_RUN, '--config.num_epochs=2', f'--workdir={workdir}')
-  assert result.returncode == 0, result.stderr[-3000:]
-  return str(workdir)
 
 
 def _linear_config(pretrained_workdir, cached_features):
@@ -99,6 +91,28 @@ def test_knn_mode_evaluates_a_checkpoint(pretrained_workdir, tmp_path):
 def test_curves_of_a_run_are_read_per_epoch_and_plotted(pretrained_workdir, tmp_path):
   run_curves = curves.read_curves(pretrained_workdir)  # Steps per epoch from its config.
   assert max(run_curves['loss']) == 2.0 and min(run_curves['loss']) == 0.25  # 4 steps/epoch.
-  assert list(run_curves['knn_top1']) == [2.0]  # kNN at the end only.
+  assert list(run_curves['knn_top1']) == [0.0, 1.0, 2.0]  # At step 0 and every epoch.
   curves.plot_curves({'tiny': run_curves}, str(tmp_path / 'curves.png'))
   assert (tmp_path / 'curves.png').stat().st_size > 10_000
+
+
+def _logits_ranking(label_rank, num_classes=7):
+  """Logits of one example whose label `label` comes at `rank` (1 = highest)."""
+  label, rank = label_rank
+  order = [c for c in range(num_classes) if c != label]
+  order.insert(rank - 1, label)
+  logits = np.zeros(num_classes, np.float32)
+  logits[order] = np.arange(num_classes, 0, -1)
+  return logits
+
+
+def test_top1_and_top5_count_hand_built_logits_and_skip_padding():
+  """Labels ranked 1st, 2nd, 5th and 6th by their logits, then one more 1st and three
+  padding rows (label -1): top-1 2/5, top-5 4/5."""
+  ranks = [(2, 1), (3, 2), (0, 5), (1, 6), (4, 1)]
+  logits = np.stack([_logits_ranking(r) for r in ranks] + [_logits_ranking((0, 1))] * 3)
+  labels = np.array([label for label, _ in ranks] + [-1] * 3, np.int32)
+  classifier = types.SimpleNamespace(apply_fn=lambda variables, x: x, params={})
+  batches = [(logits[:4], labels[:4]), (logits[4:], labels[4:])]
+  assert linear_eval.evaluate(classifier, batches) == {'top1': 40.0, 'top5': 80.0,
+                                                       'num_examples': 5}

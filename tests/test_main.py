@@ -4,17 +4,13 @@ import os
 import re
 import shlex
 
-from helpers import TINY_RUN, run_main
+from helpers import run_main
 
 
-def test_a_run_ends_with_a_summary_whose_next_commands_work(tmp_path):
+def test_a_run_ends_with_a_summary_whose_next_commands_work(pretrained_run):
   """Pretraining, then the kNN and linear-evaluation commands its summary suggests, each
   ending with its own summary block."""
-  workdir = tmp_path / 'run'
-  result = run_main(*TINY_RUN, '--config.num_epochs=2', '--config.evals.knn.every_epochs=1',
-                    '--config.linear.batch_size=16', '--config.linear.num_epochs=1',
-                    f'--workdir={workdir}')
-  assert result.returncode == 0, result.stderr[-3000:]
+  workdir, result = pretrained_run
   block = summary_block(result.stdout, f'SimSiam pretraining of {workdir}')
   assert block['steps'] == '1-8 of 8 (finished)'
   assert -1 <= float(block['final loss'].split()[0]) <= 1
@@ -23,7 +19,7 @@ def test_a_run_ends_with_a_summary_whose_next_commands_work(tmp_path):
   # kNN at epochs 0, 1 and 2, first -> last.
   assert re.fullmatch(r'[\d.]+% \(step 0\) -> [\d.]+% \(step 8\), [-+][\d.]+ points',
                       block['kNN top-1']), block['kNN top-1']
-  assert block['checkpoints'] == str(workdir / 'checkpoints')
+  assert block['checkpoints'] == os.path.join(workdir, 'checkpoints')
   assert block['TensorBoard'] == f'tensorboard --logdir={workdir}'
   assert all(line.startswith('I') or line.startswith('W') for line in
              result.stderr.splitlines()), 'only absl log lines'

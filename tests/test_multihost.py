@@ -1,12 +1,16 @@
 """Two JAX processes on this machine, as two hosts of a pod: jax.distributed, per-process
-data shards assembled into one global batch, a collective checkpoint, and resume."""
+data shards assembled into one global batch (the same as one process's), a collective
+checkpoint, and resume."""
 
 import os
 import socket
 import subprocess
 import sys
 
-from helpers import REPO_ROOT, TINY_RUN, checkpoint_steps
+import jax
+import numpy as np
+
+from helpers import REPO_ROOT, TINY_RUN, checkpoint_steps, make_tiny_config, restore_final_state
 
 
 def _free_port():
@@ -30,7 +34,7 @@ def _run_two_processes(args):
   return [p.returncode for p in processes], outputs
 
 
-def test_two_processes_train_checkpoint_and_resume(tmp_path):
+def test_two_processes_train_checkpoint_and_resume(tmp_path, pretrained_workdir):
   def args(num_epochs):
     return [*TINY_RUN, f'--config.num_epochs={num_epochs}',
             '--config.checkpoint_every_steps=4', f'--workdir={tmp_path}']
@@ -40,6 +44,14 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
   assert 'JAX process 0/2' in outputs[0] and 'JAX process 1/2' in outputs[1]
   assert 'on 4 devices, global batch 16' in outputs[0]
   assert checkpoint_steps(tmp_path) == [4, 8]
+  # Two hosts of 2 devices train what one host of 8 does on the same global batches (the
+  # shared run of conftest.py, same config): each host read its own share of every batch.
+  config = make_tiny_config()
+  two_hosts, step = restore_final_state(config, tmp_path, steps_per_epoch=4)
+  one_host, one_host_step = restore_final_state(config, pretrained_workdir, steps_per_epoch=4)
+  assert step == one_host_step == 8
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               two_hosts, one_host)
 
   returncodes, outputs = _run_two_processes(args(3))
   assert returncodes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]

@@ -6,10 +6,14 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
+from helpers import (REPO_ROOT, TINY_RUN, checkpoint_steps, make_tiny_config,
+                     restore_final_state, run_main)
 from simsiam_jax.reporting import read_scalars
-from helpers import REPO_ROOT, TINY_RUN, checkpoint_steps, run_main
+
 
 def start_main(*args):
   return subprocess.Popen([sys.executable, '-m', 'simsiam_jax.main', *args], cwd=REPO_ROOT,
@@ -49,7 +53,14 @@ def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_pa
   assert max(resumed_losses) == 80
   for step in range(resumed_from + 1, 81):
     assert resumed_losses[step] == pytest.approx(reference_losses[step], rel=1e-5, abs=1e-6), step
-  assert checkpoint_steps(interrupted)[-1] == 80
+  # The whole state, BatchNorm running averages (what kNN and linear evaluation read) and
+  # optimizer momentum included, not only the losses.
+  config = make_tiny_config()
+  config.num_epochs = 20
+  expected, step = restore_final_state(config, reference, steps_per_epoch=4)
+  resumed, resumed_step = restore_final_state(config, interrupted, steps_per_epoch=4)
+  assert step == resumed_step == 80
+  jax.tree.map(np.testing.assert_array_equal, resumed, expected)
 
 
 def test_sigterm_saves_the_current_step_and_a_rerun_resumes_from_it(tmp_path):
