@@ -1,0 +1,233 @@
+"""Mutation check: does the test suite catch the bugs that matter?
+
+    python tools/mutation_check.py [--mutants=NAME,...] [--list] [--skip_baseline]
+
+Copies the tree to a scratch directory, then applies each mutant of MUTANTS there (a small
+deliberate bug: one exact piece of source replaced), runs only the tests that should catch
+it, and restores the file. A mutant is caught when one of those tests fails; the table names
+the first test that did. First, the same tests run on the unmutated copy and must pass, or a
+failure would prove nothing. Exit status: 0 if every mutant was caught, 1 if any survived, 2
+if a mutant no longer applies (its source moved: update MUTANTS) or the baseline fails.
+
+Takes about 15 minutes on a 2-core machine; the tests share a JAX compilation cache.
+"""
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+  name: str
+  path: str  # Relative to the repository root.
+  original: str  # Must occur exactly once in the file.
+  mutated: str
+  tests: tuple[str, ...]  # pytest node ids, relative to the repository root.
+
+
+PARITY = 'tests/test_torch_parity.py'
+
+MUTANTS = (
+    Mutant('no_stop_gradient', 'simsiam_jax/losses.py',
+           '    z2 = jax.lax.stop_gradient(z2)', '    z2 = z2',
+           ('tests/test_losses.py',)),
+    Mutant('swapped_optimizer_labels', 'simsiam_jax/optimizer.py',
+           'PREDICTOR if n == PREDICTOR else ENCODER', 'ENCODER if n == PREDICTOR else PREDICTOR',
+           ('tests/test_optimizer.py',)),
+    Mutant('decay_mask_without_biases', 'simsiam_jax/optimizer.py',
+           'optax.add_decayed_weights(optim.weight_decay),',
+           'optax.add_decayed_weights(optim.weight_decay, mask=lambda p: '
+           "jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key != 'bias', p)),",
+           ('tests/test_optimizer.py',)),
+    Mutant('grayscale_0.5', 'configs/base.py',
+           'aug.grayscale_prob = 0.2', 'aug.grayscale_prob = 0.5',
+           ('tests/test_augmentations.py',)),
+    Mutant('crop_scale_0.08', 'configs/base.py',
+           'aug.crop_scale = (0.2, 1.0)', 'aug.crop_scale = (0.08, 1.0)',
+           ('tests/test_augmentations.py',)),
+    Mutant('grayscale_gets_the_blur_probability', 'simsiam_jax/augmentations.py',
+           'random_grayscale(image, gray_seed, aug.grayscale_prob)',
+           'random_grayscale(image, gray_seed, aug.blur_prob)',
+           ('tests/test_augmentations.py',)),
+    Mutant('brightness_range_doubled', 'simsiam_jax/augmentations.py',
+           'high = tf.constant([1.0 + brightness,', 'high = tf.constant([1.0 + 2 * brightness,',
+           ('tests/test_augmentations.py',)),
+    Mutant('knn_temperature_x2', 'simsiam_jax/knn.py',
+           'jnp.exp(similarities / temperature)', 'jnp.exp(similarities / (2 * temperature))',
+           ('tests/test_knn.py',)),
+    Mutant('knn_k_minus_1', 'simsiam_jax/knn.py',
+           'jax.lax.top_k(similarities, min(k, similarities.shape[1]))',
+           'jax.lax.top_k(similarities, min(k - 1, similarities.shape[1]))',
+           ('tests/test_knn.py',)),
+    Mutant('predictor_hidden_is_the_projectors', 'simsiam_jax/models/simsiam.py',
+           'hidden_dim=model_config.predictor_hidden_dim',
+           'hidden_dim=model_config.projector_hidden_dim',
+           ('tests/test_models.py',)),
+    Mutant('projector_output_bn_affine', 'simsiam_jax/models/heads.py',
+           'use_scale=affine,', 'use_scale=True,',
+           ('tests/test_models.py',)),
+    Mutant('stride2_padding_same', 'simsiam_jax/models/resnet.py',
+           'padding = [((k - 1) // 2, (k - 1) // 2) for k in kernel_size]', "padding = 'SAME'",
+           (f'{PARITY}::test_float32_features_z_p_and_loss_match',)),
+    Mutant('bn_running_averages_dropped_on_resume', 'simsiam_jax/train.py',
+           'state, start_step = restored',
+           'state, start_step = restored[0].replace(batch_stats=state.batch_stats), restored[1]',
+           ('tests/test_train_loop.py::test_resume_after_sigkill_continues_exactly_like_an_'
+            'uninterrupted_run',)),
+    Mutant('lars_bias_excluded', 'simsiam_jax/optimizer.py',
+           'return jax.tree.map(scale, updates, params), state',
+           'return jax.tree_util.tree_map_with_path(lambda path, g, p: g if path[-1].key == '
+           "'bias' else scale(g, p), updates, params), state",
+           (f'{PARITY}::test_linear_evaluation_steps_match_apex_larc',)),
+    Mutant('momentum_after_the_lr', 'simsiam_jax/optimizer.py',
+           'optax.trace(decay=momentum), optax.scale_by_learning_rate(learning_rate))',
+           'optax.scale_by_learning_rate(learning_rate), optax.trace(decay=momentum))',
+           (f'{PARITY}::test_linear_evaluation_steps_match_apex_larc',)),
+    Mutant('top5_is_top4', 'simsiam_jax/linear_eval.py',
+           'jax.lax.top_k(logits, min(5, logits.shape[-1]))',
+           'jax.lax.top_k(logits, min(4, logits.shape[-1]))',
+           ('tests/test_evaluation.py::test_top1_and_top5_count_hand_built_logits_and_skip_'
+            'padding',)),
+    Mutant('half_precision_ignored', 'simsiam_jax/train_state.py',
+           'return jnp.bfloat16 if config.half_precision else jnp.float32',
+           'return jnp.float32',
+           ('tests/test_train_step.py::test_half_precision_convolves_in_bfloat16_and_keeps_'
+            'float32_parameters',)),
+    Mutant('asymmetric_2x_uses_one_pair', 'simsiam_jax/methods/simsiam.py',
+           'for i in range(losses.num_view_pairs(config.loss_symmetry))]', 'for i in range(1)]',
+           ('tests/test_ablations.py::test_asymmetric_2x_trains_on_two_pairs_of_views_per_image',)),
+    Mutant('hosts_read_the_same_shard', 'simsiam_jax/datasets.py',
+           'tf.equal(dealt_to, process_index)', 'tf.equal(dealt_to, 0)',
+           ('tests/test_multihost.py',)),
+    # Methods: one per method.
+    Mutant('k_step_target_never_refreshed', 'simsiam_jax/methods/simsiam.py',
+           'refresh = new_state.step % refresh_every == 0', 'refresh = new_state.step < 0',
+           ('tests/test_em_variants.py::test_k_step_target_is_refreshed_exactly_every_k_steps',)),
+    Mutant('memory_bank_momentum_swapped', 'simsiam_jax/methods/simsiam.py',
+           'momentum * bank[indices] + (1 - momentum) * current',
+           '(1 - momentum) * bank[indices] + momentum * current',
+           ('tests/test_em_variants.py::test_memory_bank_updates_only_the_batchs_rows_with_'
+            'momentum_m',)),
+)
+
+
+def copy_tree(destination: str):
+  """The files git knows (tracked, and untracked but not ignored) copied to `destination`."""
+  listed = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
+                          cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+  for path in listed.stdout.splitlines():
+    source = os.path.join(REPO_ROOT, path)
+    if os.path.isfile(source):
+      os.makedirs(os.path.dirname(os.path.join(destination, path)), exist_ok=True)
+      shutil.copy2(source, os.path.join(destination, path))
+
+
+def run_tests(tree: str, tests, *, stop_at_first_failure: bool,
+              env: dict) -> tuple[int, list[str], str]:
+  """(pytest's exit status, the failed test ids, its output tail)."""
+  command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-rf', *tests]
+  if stop_at_first_failure:
+    command.insert(3, '-x')
+  result = subprocess.run(command, cwd=tree, capture_output=True, text=True, env=env)
+  failed = re.findall(r'^FAILED (\S+)', result.stdout, flags=re.MULTILINE)
+  return result.returncode, failed, (result.stdout + result.stderr)[-3000:]
+
+
+class StaleMutant(Exception):
+  pass
+
+
+def read_source(tree: str, mutant: Mutant) -> str:
+  """The text of the mutant's file, checked to hold its original piece exactly once."""
+  with open(os.path.join(tree, mutant.path)) as f:
+    source = f.read()
+  count = source.count(mutant.original)
+  if count != 1:
+    raise StaleMutant(f'{mutant.name}: {mutant.original!r} occurs {count} times in '
+                      f'{mutant.path}, not once')
+  return source
+
+
+def check(tree: str, mutant: Mutant, env: dict) -> tuple[str, str, float]:
+  """(verdict, the test that caught it or why not, seconds)."""
+  started = time.perf_counter()
+  original = read_source(tree, mutant)
+  with open(os.path.join(tree, mutant.path), 'w') as f:
+    f.write(original.replace(mutant.original, mutant.mutated))
+  try:
+    returncode, failed, output = run_tests(tree, mutant.tests, stop_at_first_failure=True,
+                                           env=env)
+  finally:
+    with open(os.path.join(tree, mutant.path), 'w') as f:
+      f.write(original)
+  seconds = time.perf_counter() - started
+  if returncode == 1 and failed:
+    return 'caught', failed[0], seconds
+  if returncode == 0:
+    return 'MISSED', 'all selected tests pass', seconds
+  # Collection errors and the like say nothing about the tests' strength.
+  return 'ERROR', f'pytest exit status {returncode}: {output.splitlines()[-1:]}', seconds
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--mutants', default='',
+                      help='comma-separated names of MUTANTS to run (default: all)')
+  parser.add_argument('--list', action='store_true', help='list the mutants and exit')
+  parser.add_argument('--skip_baseline', action='store_true',
+                      help='do not run the selected tests on the unmutated tree first')
+  args = parser.parse_args(argv)
+  if args.list:
+    for mutant in MUTANTS:
+      print(f'{mutant.name:40s} {mutant.path}  ->  {" ".join(mutant.tests)}')
+    return 0
+  names = [n for n in args.mutants.split(',') if n]
+  unknown = sorted(set(names) - {m.name for m in MUTANTS})
+  if unknown:
+    parser.error(f'unknown mutants {unknown}; --list shows them')
+  selected = [m for m in MUTANTS if not names or m.name in names]
+
+  with tempfile.TemporaryDirectory(prefix='mutation_check_') as scratch:
+    tree = os.path.join(scratch, 'tree')
+    copy_tree(tree)
+    # Shared with the test runs of the repository (tests/conftest.py): most programs the
+    # mutants leave alone are compiled already.
+    env = {**os.environ,
+           'JAX_COMPILATION_CACHE_DIR': os.path.join(REPO_ROOT, '.cache', 'jax')}
+    try:
+      for mutant in selected:  # Every mutant must apply before any time is spent.
+        read_source(tree, mutant)
+    except (StaleMutant, FileNotFoundError) as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+    if not args.skip_baseline:
+      tests = sorted({t for m in selected for t in m.tests})
+      started = time.perf_counter()
+      returncode, failed, output = run_tests(tree, tests, stop_at_first_failure=False,
+                                             env=env)
+      print(f'baseline: the {len(tests)} selected test targets on the unmutated tree: '
+            f'exit status {returncode} ({time.perf_counter() - started:.0f}s)', flush=True)
+      if returncode != 0:
+        print(f'error: the unmutated tree fails {failed or output}', file=sys.stderr)
+        return 2
+    results = []
+    for mutant in selected:
+      verdict, detail, seconds = check(tree, mutant, env)
+      results.append(verdict)
+      print(f'{mutant.name:40s} {verdict:6s} {seconds:5.0f}s  {detail}', flush=True)
+  missed = len(results) - results.count('caught')
+  print(f'{results.count("caught")}/{len(results)} mutants caught.')
+  return 1 if missed else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
