@@ -123,7 +123,13 @@ def test_projector_output_is_batch_normalized_without_affine():
   projector = heads.Projector(num_layers=2, hidden_dim=16, output_dim=8)
   x = jax.random.normal(jax.random.key(1), (64, 12)) * 5 + 3
   variables = projector.init(jax.random.key(0), x, train=False)
-  z, _ = projector.apply(variables, x, train=True, mutable=['batch_stats'])
+  # Every parameter away from its init (an affine BN starts as the identity too): whatever
+  # the weights, the output is standardised per channel.
+  leaves, treedef = jax.tree.flatten(variables['params'])
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  params = treedef.unflatten([l + jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+  z, _ = projector.apply({**variables, 'params': params}, x, train=True,
+                         mutable=['batch_stats'])
   np.testing.assert_allclose(np.mean(z, axis=0), 0, atol=1e-5)
   np.testing.assert_allclose(np.std(z, axis=0), 1, atol=1e-2)
 
