@@ -34,6 +34,15 @@ def initialize_distributed():
   jax.distributed.initialize(**kwargs)
 
 
+def run_mode(config, workdir: str):
+  """Runs the `train_and_evaluate` of config.mode; returns what it returns."""
+  config_validation.validate_mode(config)
+  run = {'pretrain': train.train_and_evaluate,
+         'linear_eval': linear_eval.train_and_evaluate,
+         'knn': evaluators.evaluate_checkpoint}[config.mode]
+  return run(config, workdir)
+
+
 def main(argv):
   cli.quiet_library_logs()
   started = time.monotonic()
@@ -41,15 +50,11 @@ def main(argv):
     cli.check_no_arguments(argv)
     if FLAGS.config is None:
       raise app.UsageError('--config is required, e.g. --config=configs/default.py')
-    config_validation.validate_mode(FLAGS.config)
     if FLAGS.distributed:
       initialize_distributed()
     logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                  jax.process_count(), jax.local_devices())
-    run = {'pretrain': train.train_and_evaluate,
-           'linear_eval': linear_eval.train_and_evaluate,
-           'knn': evaluators.evaluate_checkpoint}[FLAGS.config.mode]
-    result = run(FLAGS.config, FLAGS.workdir)
+    result = run_mode(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
     overrides = [arg for arg in sys.argv[1:] if arg.startswith('--config.') and '=' in arg]
     print(reporting.closing_summary(FLAGS.config, FLAGS.workdir, result,

@@ -5,24 +5,31 @@ One table of cases across `simsiam_jax.main` (all three modes), `ablations`, `cu
 checkpoints that are missing, truncated, foreign or of another model, workdirs that cannot
 be written. Each case must exit with status 2, print exactly one line starting with
 `error:` that names the field or path, print no traceback, and leave the checkpoints of an
-existing run byte-identical. The cases run as subprocesses, a few at a time.
+existing run byte-identical. Cases whose mistake is only in the config, the data, the
+checkpoints or the workdir run in-process through the same error exit as the command line
+(`cli.exit_on_error` around `main.run_mode`); the others, and one of each kind of error, run
+as subprocesses, a few at a time.
 """
 
+import ast
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
+import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+import traceback
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from configs import default
-from simsiam_jax import config_validation, methods
+from simsiam_jax import cli, config_validation, main, methods
 from helpers import REPO_ROOT, TINY_RUN
 
 LINEAR = ['--config.mode=linear_eval', '--config.linear.batch_size=16',
@@ -37,20 +44,23 @@ class Case:
   args: tuple[str, ...]
   # Must appear in the error line; {placeholders} are paths of the `places` fixture.
   expected: str
+  # `main` with --config.* and --workdir only: run in-process (see run_in_process).
+  in_process: bool = False
 
 
-def main_case(name, *args, expected, base=tuple(TINY_RUN)):
-  return Case(name, 'simsiam_jax.main', (*base, '--workdir={new_workdir}', *args), expected)
+def main_case(name, *args, expected, base=tuple(TINY_RUN), in_process=True):
+  return Case(name, 'simsiam_jax.main', (*base, '--workdir={new_workdir}', *args), expected,
+              in_process)
 
 
-def eval_case(name, mode_args, *args, expected):
+def eval_case(name, mode_args, *args, expected, in_process=True):
   return main_case(name, *mode_args, '--config.pretrained_workdir={pretrained}', *args,
-                   expected=expected)
+                   expected=expected, in_process=in_process)
 
 
-def folder_case(name, root, *args, expected):
+def folder_case(name, root, *args, expected, in_process=True):
   return main_case(name, '--config.data.source=folder', f'--config.data.root={{{root}}}',
-                   *args, expected=expected)
+                   *args, expected=expected, in_process=in_process)
 
 
 CASES = [
@@ -58,29 +68,33 @@ CASES = [
     main_case('batch_not_divisible', '--config.batch_size=12', expected='config.batch_size=12'),
     main_case('batch_larger_than_dataset', '--config.batch_size=128',
               expected='config.batch_size=128'),
-    main_case('batch_not_a_number', '--config.batch_size=abc', expected='--config.batch_size'),
+    main_case('batch_not_a_number', '--config.batch_size=abc', expected='--config.batch_size',
+              in_process=False),
     main_case('unknown_model', '--config.model.name=resnet51', expected='config.model.name'),
-    main_case('unknown_method', '--config.method=byol', expected='config.method'),
+    main_case('unknown_method', '--config.method=byol', expected='config.method',
+              in_process=False),
     main_case('unknown_mode', '--config.mode=train', expected='config.mode'),
-    main_case('unknown_field', '--config.data.nonfield=3', expected='--config.data.nonfield'),
-    main_case('knn_k_not_an_integer', '--config.evals.knn.k=2.5', expected='--config.evals.knn.k'),
+    main_case('unknown_field', '--config.data.nonfield=3', expected='--config.data.nonfield',
+              in_process=False),
+    main_case('knn_k_not_an_integer', '--config.evals.knn.k=2.5', expected='--config.evals.knn.k',
+              in_process=False),
     main_case('image_smaller_than_stem', '--config.model.cifar_stem=False',
               expected='config.data.image_size'),
     main_case('unknown_synthetic_split', '--config.data.eval_split=val',
               expected='config.data.eval_split'),
     # Flags and files.
     main_case('missing_config_file', expected='configs/missing.py',
-              base=('--config=configs/missing.py',)),
-    main_case('unknown_flag', '--bogus=1', expected='bogus'),
-    main_case('stray_argument', 'extra', expected='extra'),
+              base=('--config=configs/missing.py',), in_process=False),
+    main_case('unknown_flag', '--bogus=1', expected='bogus', in_process=False),
+    main_case('stray_argument', 'extra', expected='extra', in_process=False),
     Case('workdir_is_a_file', 'simsiam_jax.main', (*TINY_RUN, '--workdir={a_file}'),
          '{a_file}'),
     Case('workdir_parent_missing', 'simsiam_jax.main',
-         (*TINY_RUN, '--workdir={missing}/run'), '--workdir'),
+         (*TINY_RUN, '--workdir={missing}/run'), '--workdir', in_process=True),
     Case('workdir_read_only', 'simsiam_jax.main', (*TINY_RUN, '--workdir={read_only}/run'),
-         '{read_only}/run'),
+         '{read_only}/run', in_process=True),
     # Image folders.
-    folder_case('folder_missing', 'missing', expected='config.data.root'),
+    folder_case('folder_missing', 'missing', expected='config.data.root', in_process=False),
     folder_case('folder_one_class', 'one_class', expected='config.data.eval_train_split'),
     folder_case('folder_eval_classes_not_in_train', 'other_classes',
                 expected='config.data.eval_split'),
@@ -91,14 +105,15 @@ CASES = [
     # Checkpoints: resuming another model, evaluating what is not there or not readable.
     Case('resume_with_another_model', 'simsiam_jax.main',
          (*TINY_RUN, '--workdir={resumed}', '--config.model.width=8'),
-         'config.model.width: 4 -> 8'),
+         'config.model.width: 4 -> 8', in_process=True),
     eval_case('knn_of_another_model', KNN, '--config.model.width=8',
               expected='config.model.width: 4 -> 8'),
     main_case('knn_without_pretrained_workdir', *KNN, expected='config.pretrained_workdir'),
     main_case('knn_of_a_workdir_without_checkpoints', *KNN,
               '--config.pretrained_workdir={missing}', expected='{missing}'),
     main_case('linear_of_a_truncated_checkpoint', *LINEAR,
-              '--config.pretrained_workdir={truncated}', expected='{truncated}'),
+              '--config.pretrained_workdir={truncated}', expected='{truncated}',
+              in_process=False),
     main_case('knn_of_a_foreign_checkpoint', *KNN, '--config.pretrained_workdir={foreign}',
               expected='{foreign}'),
     eval_case('linear_batch_zero', LINEAR, '--config.linear.batch_size=0',
@@ -254,27 +269,75 @@ def places(tmp_path_factory, pretrained_workdir):
   return paths
 
 
+def _config_and_workdir(args):
+  """The config and workdir of `main`'s --config=configs/default.py, --config.* and
+  --workdir flags, values read as Python literals (else strings) as config_flags does."""
+  config = default.get_config()
+  workdir = None
+  for arg in args:
+    name, value = arg[2:].split('=', 1)
+    if name == 'workdir':
+      workdir = value
+    elif name != 'config':
+      try:
+        value = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        pass  # A string, such as a path.
+      _set_field(config, name[len('config.'):], value)
+  assert default.__file__.endswith(args[0].split('=')[1]), args[0]
+  return config, workdir
+
+
+def run_in_process(args) -> subprocess.CompletedProcess:
+  """What `python -m simsiam_jax.main ARGS` does after parsing its flags, in this process:
+  the error exit of the command line around the run of the config's mode."""
+  config, workdir = _config_and_workdir(args)
+  stderr = io.StringIO()
+  returncode = 0
+  with contextlib.redirect_stderr(stderr):
+    try:
+      with cli.exit_on_error():
+        main.run_mode(config, workdir)
+    except SystemExit as e:
+      returncode = e.code
+    except Exception:  # pylint: disable=broad-except
+      # What the command line would show: a traceback.
+      returncode = 1
+      stderr.write(traceback.format_exc())
+  return subprocess.CompletedProcess(args, returncode, '', stderr.getvalue())
+
+
 @pytest.fixture(scope='module')
 def results(places, tmp_path_factory):
-  """{case name: (command result, the checkpoints' digests before and after)}, run 3 at a time."""
+  """{case name: (command result, the checkpoints' digests before and after)}; command-line
+  cases run 3 at a time."""
   runs = tmp_path_factory.mktemp('runs')
   digests = {name: _checkpoint_digest(places[name])
              for name in ('pretrained', 'resumed', 'truncated', 'foreign')}
 
-  def run(case):
+  def args(case):
     values = {**places, 'new_workdir': str(runs / case.name)}
-    args = [arg.format(**values) for arg in case.args]
-    return subprocess.run([sys.executable, '-m', case.tool, *args], cwd=REPO_ROOT,
+    return [arg.format(**values) for arg in case.args]
+
+  def run(case):
+    return subprocess.run([sys.executable, '-m', case.tool, *args(case)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
 
+  command_line = [case for case in CASES if not case.in_process]
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
-    outcomes = dict(zip((case.name for case in CASES), pool.map(run, CASES)))
+    outcomes = dict(zip((case.name for case in command_line), pool.map(run, command_line)))
+  outcomes.update({case.name: run_in_process(args(case)) for case in CASES if case.in_process})
   after = {name: _checkpoint_digest(places[name]) for name in digests}
   return outcomes, digests, after
 
 
 def test_the_table_has_at_least_30_cases_with_distinct_names():
   assert len(CASES) >= 30 and len({case.name for case in CASES}) == len(CASES)
+  # In-process cases are `main` runs that only set config fields and the workdir.
+  for case in CASES:
+    if case.in_process:
+      assert case.tool == 'simsiam_jax.main' and case.args[0] == TINY_RUN[0], case.name
+      assert all(arg.startswith(('--config.', '--workdir=')) for arg in case.args[1:]), case.name
 
 
 @pytest.mark.parametrize('case', CASES, ids=lambda case: case.name)

@@ -108,6 +108,10 @@ MUTANTS = (
     Mutant('hosts_read_the_same_shard', 'simsiam_jax/datasets.py',
            'tf.equal(dealt_to, process_index)', 'tf.equal(dealt_to, 0)',
            ('tests/test_multihost.py',)),
+    Mutant('data_errors_escape_the_error_exit', 'simsiam_jax/cli.py',
+           'except (app.UsageError, config_validation.ConfigError, datasets.DataError,',
+           'except (app.UsageError, config_validation.ConfigError,',
+           ('tests/test_bad_input.py',)),
     # Methods: one per method.
     Mutant('k_step_target_never_refreshed', 'simsiam_jax/methods/simsiam.py',
            'refresh = new_state.step % refresh_every == 0', 'refresh = new_state.step < 0',
