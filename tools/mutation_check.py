@@ -9,7 +9,8 @@ the first test that did. First, the same tests run on the unmutated copy and mus
 failure would prove nothing. Exit status: 0 if every mutant was caught, 1 if any survived, 2
 if a mutant no longer applies (its source moved: update MUTANTS) or the baseline fails.
 
-Takes about 15 minutes on a 2-core machine; the tests share a JAX compilation cache.
+Takes about 14 minutes on a 2-core machine; the tests share the repository's JAX
+compilation cache (.cache/jax).
 """
 
 import argparse
