@@ -1,7 +1,8 @@
 """Entry point: `python -m simsiam_jax.main --config=configs/default.py --workdir=DIR`.
 
-Parses flags and hands over to the `train_and_evaluate` of the config's mode: pretraining
-(`train`), linear evaluation (`linear_eval`) or kNN of a checkpoint (`evaluators`).
+Parses flags and hands over to the `train_and_evaluate` of the config's mode (modes.py):
+pretraining (`train`), linear evaluation (`linear_eval`) or kNN of a checkpoint
+(`evaluators`).
 Mistakes in the config, the flags, the data or the checkpoints end as one `error:` line on
 stderr and exit status 2; a diverged run (NaN/inf loss) ends the same way with status 1.
 """
@@ -14,7 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import cli, config_validation, evaluators, linear_eval, reporting, train
+from simsiam_jax import cli, modes, reporting
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for summaries and checkpoints.')
@@ -34,15 +35,6 @@ def initialize_distributed():
   jax.distributed.initialize(**kwargs)
 
 
-def run_mode(config, workdir: str):
-  """Runs the `train_and_evaluate` of config.mode; returns what it returns."""
-  config_validation.validate_mode(config)
-  run = {'pretrain': train.train_and_evaluate,
-         'linear_eval': linear_eval.train_and_evaluate,
-         'knn': evaluators.evaluate_checkpoint}[config.mode]
-  return run(config, workdir)
-
-
 def main(argv):
   cli.quiet_library_logs()
   started = time.monotonic()
@@ -54,7 +46,7 @@ def main(argv):
       initialize_distributed()
     logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                  jax.process_count(), jax.local_devices())
-    result = run_mode(FLAGS.config, FLAGS.workdir)
+    result = modes.run(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
     overrides = [arg for arg in sys.argv[1:] if arg.startswith('--config.') and '=' in arg]
     print(reporting.closing_summary(FLAGS.config, FLAGS.workdir, result,

@@ -7,7 +7,7 @@ be written. Each case must exit with status 2, print exactly one line starting w
 `error:` that names the field or path, print no traceback, and leave the checkpoints of an
 existing run byte-identical. Cases whose mistake is only in the config, the data, the
 checkpoints or the workdir run in-process through the same error exit as the command line
-(`cli.exit_on_error` around `main.run_mode`); the others, and one of each kind of error, run
+(`cli.exit_on_error` around `modes.run`); the others, and one of each kind of error, run
 as subprocesses, a few at a time.
 """
 
@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from simsiam_jax import cli, config_validation, main, methods
+from simsiam_jax import cli, config_validation, methods, modes
 from helpers import REPO_ROOT, TINY_RUN
 
 LINEAR = ['--config.mode=linear_eval', '--config.linear.batch_size=16',
@@ -297,7 +297,7 @@ def run_in_process(args) -> subprocess.CompletedProcess:
   with contextlib.redirect_stderr(stderr):
     try:
       with cli.exit_on_error():
-        main.run_mode(config, workdir)
+        modes.run(config, workdir)
     except SystemExit as e:
       returncode = e.code
     except Exception:  # pylint: disable=broad-except
