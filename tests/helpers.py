@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 
 from configs import default
 from simsiam_jax import checkpointing, methods, sharding, train
@@ -23,6 +24,14 @@ TINY_RUN = ['--config=configs/default.py', '--config.model.width=4',
 # linear evaluation its summary suggests shrunk to seconds.
 PRETRAINED_RUN = [*TINY_RUN, '--config.num_epochs=2', '--config.evals.knn.every_epochs=1',
                   '--config.linear.batch_size=16', '--config.linear.num_epochs=1']
+
+
+def numpy_negative_cosine(p, z):
+  """D(p, z) = -mean cos(p_i, z_i) over the batch, in float64: the tests' reference."""
+  p, z = (np.asarray(x, np.float64) for x in (p, z))
+  p = p / np.linalg.norm(p, axis=1, keepdims=True)
+  z = z / np.linalg.norm(z, axis=1, keepdims=True)
+  return -np.mean(np.sum(p * z, axis=1))
 
 
 def run_main(*args, timeout=600):

@@ -131,12 +131,9 @@ def test_memory_bank_updates_only_the_batchs_rows_with_momentum_m(bank_config):
   new_filled = np.asarray(new_state.method_state[simsiam.BANK_FILLED])
   np.testing.assert_array_equal(new_filled, filled | np.isin(np.arange(rows), indices))
 
-  def negative_cosine(a, b):
-    a, b = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
-    return -np.mean(np.sum(a * b, axis=1))
-
   eta = expected[indices]
-  expected_loss = np.mean([negative_cosine(outputs[0][z], eta) for z in ('z1', 'z2')])
+  expected_loss = np.mean([helpers.numpy_negative_cosine(outputs[0][z], eta)
+                           for z in ('z1', 'z2')])
   np.testing.assert_allclose(metrics['loss'], expected_loss, rtol=1e-5)
 
 

@@ -3,13 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import numpy_negative_cosine
 from simsiam_jax import losses
-
-
-def _numpy_negative_cosine(p, z):
-  p = p / np.linalg.norm(p, axis=1, keepdims=True)
-  z = z / np.linalg.norm(z, axis=1, keepdims=True)
-  return -np.mean(np.sum(p * z, axis=1))
 
 
 def _random(seed, shape=(32, 64)):
@@ -20,7 +15,7 @@ def test_symmetric_loss_matches_numpy_reference():
   z1, z2, noise1, noise2 = (_random(s) for s in range(4))
   # Predictions correlated with their targets, so the loss is far from 0.
   p1, p2 = z2 + 0.7 * noise1, z1 - 1.3 * noise2
-  expected = 0.5 * _numpy_negative_cosine(p1, z2) + 0.5 * _numpy_negative_cosine(p2, z1)
+  expected = 0.5 * numpy_negative_cosine(p1, z2) + 0.5 * numpy_negative_cosine(p2, z1)
   np.testing.assert_allclose(losses.symmetric_loss(p1, p2, z1, z2), expected, rtol=1e-5)
 
 

@@ -43,11 +43,6 @@ def test_eight_devices_match_one_device_on_the_same_global_batch(tiny_config):
   assert int(state8.step) == 2
 
 
-def _negative_cosine(p, z):
-  p, z = np.asarray(p, np.float64), np.asarray(z, np.float64)
-  return -np.mean(np.sum(p * z, 1) / np.linalg.norm(p, axis=1) / np.linalg.norm(z, axis=1))
-
-
 def _normalized_std(z):
   z = np.asarray(z, np.float64)
   return np.mean(np.std(z / np.linalg.norm(z, axis=1, keepdims=True), axis=0))
@@ -73,8 +68,8 @@ def test_step_updates_params_batch_stats_and_reports_metrics(tiny_config):
   assert params_changed['predictor']['Dense_1']['bias']
   assert all(jax.tree.leaves(stats_changed))
   # The metrics are those of the networks before the update, recomputed here in float64.
-  expected = {'loss': (_negative_cosine(outputs['p1'], outputs['z2']) +
-                       _negative_cosine(outputs['p2'], outputs['z1'])) / 2,
+  expected = {'loss': (helpers.numpy_negative_cosine(outputs['p1'], outputs['z2']) +
+                       helpers.numpy_negative_cosine(outputs['p2'], outputs['z1'])) / 2,
               'z_std': (_normalized_std(outputs['z1']) + _normalized_std(outputs['z2'])) / 2,
               'p_std': (_normalized_std(outputs['p1']) + _normalized_std(outputs['p2'])) / 2,
               'learning_rate': optimizer.initial_learning_rate(tiny_config.optim,
