@@ -9,9 +9,15 @@ from helpers import make_tiny_config
 from simsiam_jax.models import create_model, heads, resnet
 
 
-def _param_count(module, *inputs, **kwargs):
+def _param_counts(module, *inputs, **kwargs):
+  """{top-level submodule: number of parameters}, from shapes only."""
   variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *inputs, **kwargs))
-  return sum(x.size for x in jax.tree.leaves(variables['params']))
+  return {name: sum(x.size for x in jax.tree.leaves(tree))
+          for name, tree in variables['params'].items()}
+
+
+def _param_count(module, *inputs, **kwargs):
+  return sum(_param_counts(module, *inputs, **kwargs).values())
 
 
 @pytest.mark.parametrize('name,expected', [
@@ -27,11 +33,8 @@ def test_parameter_count_matches_torchvision_without_fc(name, expected):
 
 def _head_param_counts(model_config):
   """{'backbone', 'projector', 'predictor': number of parameters} of create_model's network."""
-  model = create_model(model_config)
   images = jnp.zeros((2, 32, 32, 3))
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, images, train=False))
-  return {name: sum(x.size for x in jax.tree.leaves(tree))
-          for name, tree in variables['params'].items()}
+  return _param_counts(create_model(model_config), images, images, train=False)
 
 
 def test_parameter_counts_of_the_official_resnet50_simsiam():
