@@ -160,6 +160,49 @@ def get_simsiam_config() -> ml_collections.ConfigDict:
   return simsiam
 
 
+def get_simclr_config() -> ml_collections.ConfigDict:
+  """SimCLR's NT-Xent (methods/simclr.py; google-research/simclr's ImageNet default)."""
+  simclr = ml_collections.ConfigDict()
+  simclr.temperature = 0.1
+  return simclr
+
+
+def get_moco_v2_config() -> ml_collections.ConfigDict:
+  """MoCo v2 (methods/moco_v2.py; facebookresearch/moco main_moco.py --mlp --moco-t 0.2)."""
+  moco_v2 = ml_collections.ConfigDict()
+  # m of the key encoder: key <- m * key + (1 - m) * query before every step.
+  moco_v2.momentum = 0.999
+  # Keys of earlier batches, the negatives; a multiple of the keys a step enqueues.
+  moco_v2.queue_size = 65_536
+  moco_v2.temperature = 0.2
+  # Both views query the other's key (SimSiam's Table 4); False: MoCo v2's asymmetric loss.
+  moco_v2.symmetric = True
+  return moco_v2
+
+
+def get_byol_config() -> ml_collections.ConfigDict:
+  """BYOL's target network (methods/byol.py; deepmind-research byol/configs/byol.py)."""
+  byol = ml_collections.ConfigDict()
+  # tau of target <- tau * target + (1 - tau) * online rises from this to 1 (cosine); the
+  # BYOL paper uses 0.99 for short runs.
+  byol.tau_base = 0.996
+  return byol
+
+
+def get_swav_config() -> ml_collections.ConfigDict:
+  """SwAV with 2 views (methods/swav.py; facebookresearch/swav main_swav.py defaults)."""
+  swav = ml_collections.ConfigDict()
+  swav.num_prototypes = 3000
+  swav.temperature = 0.1
+  # Sinkhorn-Knopp: exp(scores / epsilon), this many row/column normalisations.
+  swav.epsilon = 0.05
+  swav.sinkhorn_iterations = 3
+  # The prototypes are not updated for this many epochs (main_swav.py: 313 iterations, one
+  # ImageNet epoch at batch 4096).
+  swav.freeze_prototypes_epochs = 1.0
+  return swav
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # 'pretrain', 'linear_eval' (needs pretrained_workdir) or 'knn' (kNN of a checkpoint).
@@ -168,8 +211,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.pretrained_workdir = ml_collections.config_dict.placeholder(str)
   config.seed = 0
   # The self-supervised method (simsiam_jax/methods) and its own settings.
+  # 'simsiam', or one of the methods of the paper's Table 4: 'simclr', 'moco_v2', 'byol',
+  # 'swav'. They share everything but their heads, loss and what they keep beside the
+  # network; config.model's dims size their heads, config.optim trains them.
   config.method = 'simsiam'
   config.simsiam = get_simsiam_config()
+  config.simclr = get_simclr_config()
+  config.moco_v2 = get_moco_v2_config()
+  config.byol = get_byol_config()
+  config.swav = get_swav_config()
   config.model = get_model_config()
   config.data = get_data_config()
   config.aug = get_augmentation_config()

@@ -58,6 +58,28 @@ def sgd(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
                      optax.sgd(schedule, momentum=optim.momentum))
 
 
+def sgd_frozen_for_first_steps(optim: ml_collections.ConfigDict, schedule: optax.Schedule,
+                               num_steps: int) -> optax.GradientTransformation:
+  """`sgd(optim, schedule)` that leaves its parameters alone for the first `num_steps`
+  steps, as torch's SGD does a parameter whose grad is None (SwAV's frozen prototypes): no
+  update, no weight decay, no momentum accumulated. Afterwards the lr is the schedule's at
+  the run's step, not at the parameter's first."""
+  inner = sgd(optim, lambda count: schedule(count + num_steps))
+
+  def init_fn(params):
+    return {'count': jnp.zeros((), jnp.int32), 'inner': inner.init(params)}
+
+  def update_fn(updates, state, params=None):
+    frozen = state['count'] < num_steps
+    new_updates, new_inner = inner.update(updates, state['inner'], params)
+    keep = lambda old, new: jnp.where(frozen, old, new)
+    return (jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates),
+            {'count': state['count'] + 1,
+             'inner': jax.tree.map(keep, state['inner'], new_inner)})
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def param_labels(params):
   """'predictor' for the predictor's subtree, 'encoder' for everything else."""
   return {name: jax.tree.map(lambda _, n=name: PREDICTOR if n == PREDICTOR else ENCODER, subtree)

@@ -28,9 +28,14 @@ def compute_dtype(config: ml_collections.ConfigDict):
 
 def create_train_state(rng, config: ml_collections.ConfigDict, model: nn.Module,
                        tx: optax.GradientTransformation, mesh: Mesh, *,
-                       init_method_state: Callable[[dict], dict] = lambda variables: {},
+                       init_method_state: Callable[[jax.Array, dict], dict] = (
+                           lambda rng, variables: {}),
+                       init_extra_params: Callable[[jax.Array], dict] = lambda rng: {},
                        row_sharded: Collection[str] = ()) -> TrainState:
   """Initialises the state directly into its placement on the mesh.
+
+  `init_extra_params(rng)` adds trained parameters that are not the network's (SwAV's
+  prototypes); `init_method_state(rng, variables)` makes what the method keeps beside them.
 
   Everything is replicated, except the `method_state` entries named in `row_sharded`,
   whose rows (per-example arrays such as a memory bank) are split over the `data` axis.
@@ -40,9 +45,11 @@ def create_train_state(rng, config: ml_collections.ConfigDict, model: nn.Module,
   def init():
     images = jnp.zeros((2, size, size, 3), compute_dtype(config))
     variables = model.init(rng, images, images, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables['params'],
+    params = {**variables['params'], **init_extra_params(jax.random.fold_in(rng, 1))}
+    return TrainState.create(apply_fn=model.apply, params=params,
                              batch_stats=variables['batch_stats'], tx=tx,
-                             method_state=init_method_state(variables))
+                             method_state=init_method_state(jax.random.fold_in(rng, 2),
+                                                            variables))
 
   abstract = jax.eval_shape(init)
   shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)

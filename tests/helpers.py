@@ -1,5 +1,6 @@
 """Set-up shared by the test modules."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import jax
 import numpy as np
 
 from configs import default
-from simsiam_jax import checkpointing, methods, sharding, train
+from simsiam_jax import checkpointing, input_pipeline, methods, sharding, train, workdir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,3 +82,48 @@ def state_and_step(config, mesh, steps_per_epoch: int, num_train_examples: int |
   state = method.create_train_state(jax.random.key(config.seed), config, tx, mesh,
                                     num_train_examples)
   return state, train.make_train_step(config, steps_per_epoch, mesh, state)
+
+
+def pretrain_batches(config, mesh):
+  """The global batches of the pretraining pipeline on `mesh`, as the loop gets them."""
+  return input_pipeline.prefetch_to_mesh(input_pipeline.create_pretrain_iterator(config), mesh)
+
+
+def run_steps(config, num_steps: int, mesh=None, steps_per_epoch: int = 4):
+  """[(state after each step, metrics)] of `num_steps` real train steps, on the host."""
+  mesh = mesh or sharding.create_mesh()
+  state, step_fn = state_and_step(config, mesh, steps_per_epoch)
+  history = []
+  for batch in itertools.islice(pretrain_batches(config, mesh), num_steps):
+    state, metrics = step_fn(state, batch)
+    history.append((jax.device_get(state), jax.device_get(metrics)))
+  return history
+
+
+class _StopAtStep:
+  """A preemption flag raised at the `step`-th poll of the loop (once per step)."""
+
+  def __init__(self, step):
+    self._polls_left = step
+
+  @property
+  def requested(self):
+    self._polls_left -= 1
+    return self._polls_left == 0
+
+
+def uninterrupted_and_resumed_states(config, tmp_path, monkeypatch, *, stop_at: int,
+                                     steps_per_epoch: int = 4):
+  """(final state of an uninterrupted run of `config`, final state of the same run preempted
+  after step `stop_at` and resumed), each as restore_final_state gives it, after checking
+  that both reached the last step."""
+  train.train_and_evaluate(config, str(tmp_path / 'uninterrupted'))
+  monkeypatch.setattr(workdir, 'install_sigterm_handler', lambda: _StopAtStep(stop_at))
+  summary = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert summary['step'] == stop_at
+  monkeypatch.undo()
+  train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  expected, step = restore_final_state(config, tmp_path / 'uninterrupted', steps_per_epoch)
+  resumed, resumed_step = restore_final_state(config, tmp_path / 'resumed', steps_per_epoch)
+  assert step == resumed_step == int(config.num_epochs * steps_per_epoch)
+  return expected, resumed

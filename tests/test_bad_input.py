@@ -163,7 +163,7 @@ BAD_FIELD_VALUES = [
 ]
 # Method fields (methods/simsiam.py validate), alone or with the settings they conflict with.
 BAD_METHOD_VALUES = [
-    ({'method': 'byol'}, 'method'), ({'simsiam.target': 'ema'}, 'simsiam.target'),
+    ({'method': 'dino'}, 'method'), ({'simsiam.target': 'ema'}, 'simsiam.target'),
     ({'simsiam.target': 'k_step', 'simsiam.target_refresh_steps': 0},
      'simsiam.target_refresh_steps'),
     ({'simsiam.target': 'k_step', 'simsiam.target_refresh_steps': 2.5},
@@ -174,6 +174,21 @@ BAD_METHOD_VALUES = [
     ({'simsiam.target': 'memory_bank', 'simsiam.bank_momentum': 1.0}, 'simsiam.bank_momentum'),
     ({'simsiam.target': 'memory_bank', 'loss_symmetry': 'asymmetric'}, 'loss_symmetry'),
     ({'simsiam.target': 'memory_bank', 'data.source': 'tfds'}, 'data.source'),
+    ({'method': 'simclr', 'simclr.temperature': 0.0}, 'simclr.temperature'),
+    ({'method': 'moco_v2', 'moco_v2.momentum': 1.0}, 'moco_v2.momentum'),
+    ({'method': 'moco_v2', 'moco_v2.temperature': -0.2}, 'moco_v2.temperature'),
+    ({'method': 'moco_v2', 'moco_v2.queue_size': 0}, 'moco_v2.queue_size'),
+    # default.py's batch of 128 enqueues 256 keys a step (symmetric), 128 asymmetric.
+    ({'method': 'moco_v2', 'moco_v2.queue_size': 1152}, 'moco_v2.queue_size'),
+    ({'method': 'moco_v2', 'moco_v2.symmetric': False, 'moco_v2.queue_size': 1000},
+     'moco_v2.queue_size'),
+    ({'method': 'moco_v2', 'moco_v2.symmetric': 'yes'}, 'moco_v2.symmetric'),
+    ({'method': 'byol', 'byol.tau_base': 1.5}, 'byol.tau_base'),
+    ({'method': 'swav', 'swav.num_prototypes': 0}, 'swav.num_prototypes'),
+    ({'method': 'swav', 'swav.temperature': 0.0}, 'swav.temperature'),
+    ({'method': 'swav', 'swav.epsilon': -0.05}, 'swav.epsilon'),
+    ({'method': 'swav', 'swav.sinkhorn_iterations': 2.5}, 'swav.sinkhorn_iterations'),
+    ({'method': 'swav', 'swav.freeze_prototypes_epochs': -1.0}, 'swav.freeze_prototypes_epochs'),
 ]
 
 

@@ -7,26 +7,15 @@ import numpy as np
 import pytest
 
 import helpers
-from simsiam_jax import checkpointing, input_pipeline, sharding, train, workdir
+from simsiam_jax import checkpointing, sharding
 from simsiam_jax.methods import simsiam
 from simsiam_jax.models import create_model
 
 STEPS_PER_EPOCH = 4
 
 
-def _batches(config, mesh):
-  return input_pipeline.prefetch_to_mesh(input_pipeline.create_pretrain_iterator(config), mesh)
-
-
 def _run(config, num_steps, mesh=None):
-  """[(state after each step, metrics)] of `num_steps` real train steps."""
-  mesh = mesh or sharding.create_mesh()
-  state, step_fn = helpers.state_and_step(config, mesh, STEPS_PER_EPOCH)
-  history = []
-  for batch in itertools.islice(_batches(config, mesh), num_steps):
-    state, metrics = step_fn(state, batch)
-    history.append((jax.device_get(state), jax.device_get(metrics)))
-  return history
+  return helpers.run_steps(config, num_steps, mesh, STEPS_PER_EPOCH)
 
 
 def _apply_fn(config):
@@ -69,7 +58,7 @@ def test_k_step_loss_uses_the_target_encoders_projections(tiny_config):
   history = _run(tiny_config, 3, mesh)
   state_before, _ = history[1]
   _, metrics = history[2]
-  batch = next(itertools.islice(_batches(tiny_config, mesh), 2, None))
+  batch = next(itertools.islice(helpers.pretrain_batches(tiny_config, mesh), 2, None))
   pairs = simsiam.normalized_view_pairs(batch, tiny_config)
   outputs, _ = simsiam.forward(state_before.params, state_before.batch_stats,
                                _apply_fn(tiny_config), pairs)
@@ -112,7 +101,7 @@ def test_memory_bank_updates_only_the_batchs_rows_with_momentum_m(bank_config):
   state = state.replace(method_state=jax.device_put(
       {simsiam.MEMORY_BANK: old_bank, simsiam.BANK_FILLED: filled},
       sharding.batch_sharding(mesh)))
-  batch = next(_batches(bank_config, mesh))
+  batch = next(helpers.pretrain_batches(bank_config, mesh))
   pairs = simsiam.normalized_view_pairs(batch, bank_config)
   outputs, _ = simsiam.forward(jax.device_get(state.params), jax.device_get(state.batch_stats),
                                _apply_fn(bank_config), pairs)
@@ -137,18 +126,6 @@ def test_memory_bank_updates_only_the_batchs_rows_with_momentum_m(bank_config):
   np.testing.assert_allclose(metrics['loss'], expected_loss, rtol=1e-5)
 
 
-class _StopAtStep:
-  """A preemption flag raised at the `step`-th poll of the loop (once per step)."""
-
-  def __init__(self, step):
-    self._polls_left = step
-
-  @property
-  def requested(self):
-    self._polls_left -= 1
-    return self._polls_left == 0
-
-
 @pytest.mark.parametrize('target', ['k_step', 'memory_bank'])
 def test_preempted_and_resumed_run_ends_in_the_uninterrupted_state(tiny_config, tmp_path,
                                                                    monkeypatch, target):
@@ -156,20 +133,8 @@ def test_preempted_and_resumed_run_ends_in_the_uninterrupted_state(tiny_config, 
   tiny_config.simsiam.target_refresh_steps = 3
   tiny_config.model.predictor = 'none' if target == 'memory_bank' else 'mlp'
   del tiny_config.evals['knn']  # Not under test here; saves its compilation.
-  total_steps = tiny_config.num_epochs * STEPS_PER_EPOCH
-  train.train_and_evaluate(tiny_config, str(tmp_path / 'uninterrupted'))
-
-  monkeypatch.setattr(workdir, 'install_sigterm_handler', lambda: _StopAtStep(5))
-  summary = train.train_and_evaluate(tiny_config, str(tmp_path / 'resumed'))
-  assert summary['step'] == 5
-  monkeypatch.undo()
-  train.train_and_evaluate(tiny_config, str(tmp_path / 'resumed'))
-
-  expected, step = helpers.restore_final_state(tiny_config, tmp_path / 'uninterrupted',
-                                               STEPS_PER_EPOCH)
-  resumed, resumed_step = helpers.restore_final_state(tiny_config, tmp_path / 'resumed',
-                                                         STEPS_PER_EPOCH)
-  assert step == resumed_step == total_steps
+  expected, resumed = helpers.uninterrupted_and_resumed_states(
+      tiny_config, tmp_path, monkeypatch, stop_at=5, steps_per_epoch=STEPS_PER_EPOCH)
   assert jax.tree.leaves(resumed['method_state'])
   jax.tree.map(np.testing.assert_array_equal, resumed, expected)
 

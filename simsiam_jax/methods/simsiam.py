@@ -15,24 +15,21 @@ eta come from:
   bank is one row per training image, sharded over the mesh like a batch.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from simsiam_jax import config_validation, losses, optimizer, preprocess
+from simsiam_jax import config_validation, losses, optimizer
+from simsiam_jax.methods import common
+from simsiam_jax.methods.common import TARGET_PARAMS
 from simsiam_jax.models import create_model as create_network
 from simsiam_jax.train_state import TrainState, compute_dtype, create_train_state as _create
 
 TARGETS = ('online', 'k_step', 'memory_bank')
-# The part of the network a k-step target copies: the encoder f, without the predictor.
-ENCODER_PARAMS = ('backbone', 'projector')
 MEMORY_BANK = 'memory_bank'
 # Whether a bank row holds an average yet: a first visit stores F_theta(T'(x)) itself.
 BANK_FILLED = 'bank_filled'
-TARGET_PARAMS = 'target_params'
 
 
 def validate(config: ml_collections.ConfigDict):
@@ -56,9 +53,8 @@ def validate(config: ml_collections.ConfigDict):
                               f'the {em.target!r} targets never carry a gradient')
 
 
-def encoder_params(params):
-  """The parameters a k-step target copies."""
-  return {name: params[name] for name in ENCODER_PARAMS}
+# The parameters a k-step target copies: the encoder f, without the predictor.
+encoder_params = common.encoder_part
 
 
 def target_refresh_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -86,7 +82,8 @@ def create_train_state(rng, config: ml_collections.ConfigDict, tx: optax.Gradien
   model = create_network(config.model, dtype=compute_dtype(config))
   target = config.simsiam.target
 
-  def init_method_state(variables):
+  def init_method_state(rng, variables):
+    del rng
     if target == 'k_step':
       return {TARGET_PARAMS: encoder_params(variables['params'])}
     if target == 'memory_bank':
@@ -104,10 +101,9 @@ def normalized_view_pairs(batch, config: ml_collections.ConfigDict) -> list[tupl
 
   The batch holds 'view1', 'view2' (and 'view3', 'view4' for two pairs per image).
   """
-  normalize = functools.partial(preprocess.normalize_images, mean=config.data.mean,
-                                std=config.data.std, dtype=compute_dtype(config))
-  return [(normalize(batch[f'view{2 * i + 1}']), normalize(batch[f'view{2 * i + 2}']))
-          for i in range(losses.num_view_pairs(config.loss_symmetry))]
+  views = common.normalized_views(batch, config,
+                                  2 * losses.num_view_pairs(config.loss_symmetry))
+  return list(zip(views[::2], views[1::2]))
 
 
 def forward(params, batch_stats, apply_fn, pairs):
