@@ -14,7 +14,6 @@ queue of embeddings for small batches are not implemented.
 """
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
