@@ -106,6 +106,9 @@ def get_optim_config() -> ml_collections.ConfigDict:
   # Encoder lr = base_lr * batch_size / 256, cosine-decayed after warmup: once per epoch as
   # the official code does ('cosine_per_epoch'), or every step ('cosine').
   optim.base_lr = 0.05
+  # 'sgd', or 'lars' (SimCLR's, BYOL's: no decay and no trust ratio on biases and BatchNorm).
+  optim.optimizer = 'sgd'
+  optim.lars_trust_coefficient = 0.001
   optim.lr_schedule = 'cosine_per_epoch'
   optim.warmup_epochs = 0
   optim.momentum = 0.9

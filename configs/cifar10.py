@@ -33,4 +33,8 @@ def get_config():
   config.num_epochs = 800
   config.optim.base_lr = 0.03
   config.optim.weight_decay = 5e-4
+  # The other methods (--config.method=...) at CIFAR scale: a queue of 4,096 keys as in
+  # MoCo's CIFAR-10 demo, BYOL's tau_base for short runs.
+  config.moco_v2.queue_size = 4096
+  config.byol.tau_base = 0.99
   return config

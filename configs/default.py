@@ -53,4 +53,9 @@ def get_config():
   config.linear.base_lr = 30.0
   config.linear.eval_every_epochs = 10
   config.linear.log_every_steps = 80
+  # The other methods (--config.method=...) on 2,048 images: a MoCo queue of 4 batches' keys,
+  # BYOL's tau_base for short runs, 100 prototypes for 10 classes.
+  config.moco_v2.queue_size = 1024
+  config.byol.tau_base = 0.99
+  config.swav.num_prototypes = 100
   return config

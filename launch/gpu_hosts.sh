@@ -9,6 +9,10 @@
 #
 # One host alone needs only WORKDIR. Under SLURM, `srun launch/gpu_hosts.sh` works without
 # COORDINATOR / PROCESS_ID (JAX reads SLURM's variables). WORKDIR must be shared storage.
+# CONFIG picks the run (default configs/imagenet.py, SimSiam); the other methods of the
+# paper's Table 4: configs/simclr.py, configs/moco_v2.py, configs/byol.py, configs/swav.py
+# (SimCLR, BYOL and SwAV keep their papers' batch of 4096, trained there on 32 or more
+# accelerators; `--config.batch_size` scales the lr along with it).
 # Install once per host: pip install -r requirements.txt 'jax[cuda12]==0.10.2'
 set -euo pipefail
 cd "$(dirname "$0")/.."

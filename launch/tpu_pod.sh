@@ -5,6 +5,12 @@
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b WORKDIR=gs://my-bucket/simsiam \
 #   DATA_DIR=gs://my-bucket/tensorflow_datasets launch/tpu_pod.sh [--config.xxx=...]
 #
+# CONFIG picks the run (default configs/imagenet.py, SimSiam). The other methods of the
+# paper's Table 4: CONFIG=configs/simclr.py, configs/moco_v2.py, configs/byol.py or
+# configs/swav.py. SimCLR, BYOL and SwAV keep their papers' batch of 4096 (trained there on
+# 32 to 512 accelerators), MoCo v2 and SimSiam 256 and 512; the global batch must divide by
+# the number of chips.
+#
 # First `launch/tpu_pod.sh setup` copies this checkout (committed files) to every worker at
 # ~/simsiam_jax and installs it there.
 set -euo pipefail

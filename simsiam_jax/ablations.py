@@ -1,16 +1,20 @@
 """The paper's experiments at small scale, one command per study:
 
   python -m simsiam_jax.ablations --config=configs/cifar10_cpu.py --workdir=/tmp/ablations \
-      [--study=ablations|em] [--variants=default,no_stop_gradient] [--config.num_epochs=3]
+      [--study=ablations|em|table4] [--variants=default,no_stop_gradient] \
+      [--config.num_epochs=3]
 
-Studies: 'ablations' (Fig. 2, Tables 1-3, Sec. 4.5-4.6) and 'em' (Sec. 5: k-step
-alternation and the moving-average memory bank, beside the default's seed spread).
+Studies: 'ablations' (Fig. 2, Tables 1-3, Sec. 4.5-4.6), 'em' (Sec. 5: k-step
+alternation and the moving-average memory bank, beside the default's seed spread) and
+'table4' (Table 4: SimSiam against SimCLR, MoCo v2, BYOL and SwAV on the same backbone,
+data, augmentations, batch and budget).
 Pretrains the chosen variants of the study for the same budget (the config's), each in
 `workdir/<variant>` (rerunning resumes or skips finished variants), then writes
 `workdir/<study>.md` (variant, the paper's reference, final loss, z-std, kNN top-1, training
-minutes) and a figure of the curves against epochs: `stop_gradient.png`, the paper's Fig. 2
-(with and without stop-gradient), or `em.png` (every EM variant). Both cover every variant of
-the study in `workdir`, so the variants can be run a few at a time.
+minutes, the train step's memory per device) and a figure of the curves against epochs:
+`stop_gradient.png`, the paper's Fig. 2 (with and without stop-gradient), `em.png` or
+`table4.png` (every variant). Both cover every variant of the study in `workdir`, so the
+variants can be run a few at a time.
 """
 
 import os
@@ -52,17 +56,28 @@ EM = {
     'memory_bank': ('moving average m=0.8, no predictor: 55.0',
                     {'simsiam.target': 'memory_bank', 'model.predictor': 'none'}),
 }
-STUDIES = {'ablations': ABLATIONS, 'em': EM}
+# Paper Table 4: ImageNet linear top-1 after 100 / 200 / 400 / 800 epochs. Each method runs
+# with its config.<method> defaults on the base config's backbone, data and optimizer.
+TABLE4 = {
+    'simsiam': ('68.1 / 70.0 / 70.8 / 71.3', {}),
+    'seed_1': ('seed spread of simsiam', {'seed': 1}),
+    'seed_2': ('seed spread of simsiam', {'seed': 2}),
+    'simclr': ('66.5 / 68.3 / 69.8 / 70.4', {'method': 'simclr'}),
+    'moco_v2': ('67.4 / 69.9 / 71.0 / 72.2', {'method': 'moco_v2'}),
+    'byol': ('66.5 / 70.6 / 73.2 / 74.3', {'method': 'byol'}),
+    'swav': ('66.5 / 69.1 / 70.7 / 71.8', {'method': 'swav'}),
+}
+STUDIES = {'ablations': ABLATIONS, 'em': EM, 'table4': TABLE4}
 # Study -> (figure file, {variant: legend label}, or None for every variant).
 FIGURES = {'ablations': ('stop_gradient.png', {'default': 'w/ stop-grad',
                                                'no_stop_gradient': 'w/o stop-grad'}),
-           'em': ('em.png', None)}
+           'em': ('em.png', None), 'table4': ('table4.png', None)}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for one sub-directory per variant and the report.')
 flags.DEFINE_enum('study', 'ablations', list(STUDIES), 'Which experiments to run.')
 flags.DEFINE_list('variants', None, 'Variants of the study to run (default: all). Ablations: '
-                  f'{", ".join(ABLATIONS)}. EM: {", ".join(EM)}.')
+                  f'{", ".join(ABLATIONS)}. EM: {", ".join(EM)}. Table 4: {", ".join(TABLE4)}.')
 config_flags.DEFINE_config_file('config', None, 'Base configuration of every variant.',
                                 lock_config=True)
 
@@ -81,13 +96,15 @@ def variant_config(base: ml_collections.ConfigDict, name: str,
 
 
 def markdown_table(results: dict[str, dict], study: str = 'ablations') -> str:
-  lines = ['| variant | paper | final loss | z-std (1/sqrt(d)) | kNN top-1 (%) | minutes | note |',
-           '|---|---|---|---|---|---|---|']
+  lines = ['| variant | paper | final loss | z-std (1/sqrt(d)) | kNN top-1 (%) | minutes | '
+           'step memory (MiB) | note |', '|---|---|---|---|---|---|---|---|']
   for name, result in results.items():
     c = result['curves']
+    memory = result.get('memory_mib')
     lines.append(f'| {name} | {STUDIES[study][name][0]} | {curves.last(c["loss"]):.3f} | '
                  f'{curves.last(c["z_std"]):.4f} ({curves.last(c["z_std_target"]):.4f}) | '
-                 f'{curves.last(c["knn_top1"]):.1f} | {result["minutes"]:.1f} | {result["note"]} |')
+                 f'{curves.last(c["knn_top1"]):.1f} | {result["minutes"]:.1f} | '
+                 f'{"" if memory is None else f"{memory:.0f}"} | {result["note"]} |')
   spread = seed_spread(results, study)
   if spread:
     lines.append(f'\nkNN top-1 of {spread["variant"]} over seeds {spread["seeds"]}: mean '
@@ -141,9 +158,11 @@ def run_variants(base: ml_collections.ConfigDict, workdir: str, names: list[str]
 
 def collect_results(base: ml_collections.ConfigDict, workdir: str,
                     study: str = 'ablations') -> dict[str, dict]:
-  """{variant: curves, training minutes and a note} of every variant run in `workdir`, in
-  the order of the study; the minutes are those between the run's first and last summaries
-  (summed over resumptions), and the note says if it stopped before its last epoch."""
+  """{variant: curves, training minutes, the step's memory per device and a note} of every
+  variant run in `workdir`, in the order of the study; the minutes are those between the
+  run's first and last summaries (summed over resumptions), the memory is XLA's analysis of
+  the compiled step (train.step_memory_mib), and the note says if it stopped before its last
+  epoch."""
   results = {}
   for name in STUDIES[study]:
     variant_dir = os.path.join(workdir, name)
@@ -155,8 +174,10 @@ def collect_results(base: ml_collections.ConfigDict, workdir: str,
     epochs = max(run_curves['loss'], default=0.0)
     note = '' if epochs >= config.num_epochs else (
         f'stopped at epoch {epochs:.2f} of {config.num_epochs}')
+    memory = reporting.read_scalars(variant_dir).get('train_step_memory_mib', {})
     results[name] = {'curves': run_curves, 'note': note,
-                     'minutes': reporting.summary_seconds(variant_dir) / 60}
+                     'minutes': reporting.summary_seconds(variant_dir) / 60,
+                     'memory_mib': memory[max(memory)] if memory else None}
   return results
 
 

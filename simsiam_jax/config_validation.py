@@ -155,9 +155,11 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
                          ('model.head_batch_norm', tuple(heads.HEAD_BATCH_NORM)),
                          ('similarity', tuple(losses.SIMILARITIES)),
                          ('loss_symmetry', losses.SYMMETRIES),
-                         ('optim.lr_schedule', optimizer.LR_SCHEDULES)):
+                         ('optim.lr_schedule', optimizer.LR_SCHEDULES),
+                         ('optim.optimizer', optimizer.OPTIMIZERS)):
     require_choice(config, field, choices)
   require_in(config, 'optim.weight_decay', 0, float('inf'))
+  require_positive(config, 'optim.lars_trust_coefficient')
   require_momentum(config, 'optim.momentum')
   warmup = config.optim.warmup_epochs
   require(_is_number(warmup) and 0 <= warmup < config.num_epochs,

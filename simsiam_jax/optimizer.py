@@ -1,5 +1,6 @@
-"""SGD with the paper's lr rule: cosine-decayed encoder, constant-lr predictor; and apex's
-LARC, which the official linear evaluation wraps around SGD."""
+"""SGD with the paper's lr rule: cosine-decayed encoder, constant-lr predictor; LARS, which
+SimCLR, BYOL and SwAV pretrain with at large batches; and apex's LARC, which the official
+linear evaluation wraps around SGD."""
 
 import jax
 import jax.numpy as jnp
@@ -58,13 +59,37 @@ def sgd(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
                      optax.sgd(schedule, momentum=optim.momentum))
 
 
-def sgd_frozen_for_first_steps(optim: ml_collections.ConfigDict, schedule: optax.Schedule,
-                               num_steps: int) -> optax.GradientTransformation:
-  """`sgd(optim, schedule)` that leaves its parameters alone for the first `num_steps`
-  steps, as torch's SGD does a parameter whose grad is None (SwAV's frozen prototypes): no
-  update, no weight decay, no momentum accumulated. Afterwards the lr is the schedule's at
-  the run's step, not at the parameter's first."""
-  inner = sgd(optim, lambda count: schedule(count + num_steps))
+# config.optim.optimizer: 'sgd' (SimSiam, MoCo v2) or 'lars' (SimCLR, BYOL, SwAV at batch 4096).
+OPTIMIZERS = ('sgd', 'lars')
+
+
+def _is_matrix(params):
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def lars(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
+  """LARS as SimCLR and BYOL use it: weight decay and the trust ratio
+  (`optim.lars_trust_coefficient` * |p| / |g + wd p|) on weight matrices and kernels only,
+  plain momentum SGD on biases and BatchNorm parameters (optax.lars, which applies the lr
+  before momentum)."""
+  return optax.lars(schedule, weight_decay=optim.weight_decay, weight_decay_mask=_is_matrix,
+                    trust_coefficient=optim.lars_trust_coefficient, eps=0.0,
+                    trust_ratio_mask=_is_matrix, momentum=optim.momentum)
+
+
+def pretraining_optimizer(optim: ml_collections.ConfigDict,
+                          schedule: optax.Schedule) -> optax.GradientTransformation:
+  """`optim.optimizer` with the lr `schedule`."""
+  return lars(optim, schedule) if optim.optimizer == 'lars' else sgd(optim, schedule)
+
+
+def frozen_for_first_steps(optim: ml_collections.ConfigDict, schedule: optax.Schedule,
+                           num_steps: int) -> optax.GradientTransformation:
+  """`pretraining_optimizer(optim, schedule)` that leaves its parameters alone for the first
+  `num_steps` steps, as torch's optimizers do a parameter whose grad is None (SwAV's frozen
+  prototypes): no update, no weight decay, no momentum accumulated. Afterwards the lr is
+  the schedule's at the run's step, not at the parameter's first."""
+  inner = pretraining_optimizer(optim, lambda count: schedule(count + num_steps))
 
   def init_fn(params):
     return {'count': jnp.zeros((), jnp.int32), 'inner': inner.init(params)}
@@ -92,9 +117,10 @@ def create_optimizer(optim: ml_collections.ConfigDict, *, batch_size: int, num_e
   """SGD with the encoder's schedule, and the predictor's (or none: `frozen_predictor`)."""
   run = {'batch_size': batch_size, 'num_epochs': num_epochs, 'steps_per_epoch': steps_per_epoch}
   predictor_tx = (optax.set_to_zero() if frozen_predictor else
-                  sgd(optim, predictor_schedule(optim, **run)))
+                  pretraining_optimizer(optim, predictor_schedule(optim, **run)))
   return optax.multi_transform(
-      {ENCODER: sgd(optim, cosine_schedule(optim, **run)), PREDICTOR: predictor_tx},
+      {ENCODER: pretraining_optimizer(optim, cosine_schedule(optim, **run)),
+       PREDICTOR: predictor_tx},
       param_labels)
 
 

@@ -15,7 +15,7 @@ from absl import logging
 from clu import metric_writers
 from tensorflow.core.util import event_pb2
 
-from simsiam_jax import checkpointing
+from simsiam_jax import checkpointing, methods
 
 
 def create_summary_writer(workdir: str) -> metric_writers.MetricWriter:
@@ -141,7 +141,8 @@ def closing_summary(config: ml_collections.ConfigDict, workdir: str, result: dic
     rows.append(('steps', f'{result["start_step"] + 1}-{step} of {total} ({status})'
                  if step > result['start_step'] else f'none: all {total} were done before'))
     if 'loss' in result:
-      rows.append(('final loss', f'{result["loss"]:.4f} (-1 is the minimum)'))
+      minimum = ' (-1 is the minimum)' if config.method == 'simsiam' else ''
+      rows.append(('final loss', f'{result["loss"]:.4f}{minimum}'))
       ratio = result['z_std'] / result['z_std_target']
       rows.append(('z-std', f'{result["z_std"]:.4f} against 1/sqrt(d) = '
                    f'{result["z_std_target"]:.4f} ({ratio:.0%}; near 0 means collapse)'))
@@ -173,7 +174,7 @@ def closing_summary(config: ml_collections.ConfigDict, workdir: str, result: dic
              ('next: export', f'python -m simsiam_jax.convert --config={config_file} '
               f'--workdir={config.pretrained_workdir} --export_torchvision=resnet.pth')]
   width = max(len(name) for name, _ in rows)
-  title = {'pretrain': 'SimSiam pretraining', 'knn': 'kNN evaluation',
+  title = {'pretrain': f'{methods.get(config.method).TITLE} pretraining', 'knn': 'kNN evaluation',
            'linear_eval': 'Linear evaluation'}[config.mode]
   return '\n'.join([f'== {title} of {workdir} =='] +
                    [f'{name:<{width}}  {value}' for name, value in rows])

@@ -1,6 +1,7 @@
 """Pretraining: the loop around a method's sharded train step (methods/), which it knows
 only by its functions: data, checkpoints, evaluation and reporting are the same for all."""
 
+import itertools
 import math
 from typing import Any, Callable
 
@@ -25,6 +26,19 @@ def make_train_step(config: ml_collections.ConfigDict, steps_per_epoch: int, mes
                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)),
                  donate_argnums=0)
+
+
+def step_memory_mib(compiled) -> dict[str, float]:
+  """Per-device memory of a compiled step from XLA's memory analysis, in MiB: its
+  arguments, outputs and temporaries, and their total without the donated (aliased) bytes;
+  {} where the backend gives no analysis."""
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return {}
+  sizes = {'arguments': analysis.argument_size_in_bytes, 'outputs': analysis.output_size_in_bytes,
+           'temporaries': analysis.temp_size_in_bytes}
+  total = sum(sizes.values()) - analysis.alias_size_in_bytes
+  return {name: size / 2**20 for name, size in {**sizes, 'total': total}.items()}
 
 
 def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -81,6 +95,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         collapse_fraction=config.collapse_warning_fraction)
     batches = input_pipeline.prefetch_to_mesh(
         input_pipeline.create_pretrain_iterator(config, start_step=start_step), mesh)
+    if start_step < total_steps:
+      # Compiled ahead of the first step, to report what one step holds per device.
+      first_batch = next(batches)
+      p_train_step = p_train_step.lower(state, first_batch).compile()
+      memory = step_memory_mib(p_train_step)
+      if memory:
+        logging.info('Train step memory per device: %.1f MiB (arguments %.1f, temporaries '
+                     '%.1f, outputs %.1f MiB; donated state counted once).', memory['total'],
+                     memory['arguments'], memory['temporaries'], memory['outputs'])
+        writer.write_scalars(start_step, {'train_step_memory_mib': memory['total']})
+      batches = itertools.chain([first_batch], batches)
 
     def evaluate(step):
       variables = features.backbone_variables(state.params, state.batch_stats)

@@ -154,6 +154,9 @@ def test_ablation_runner_reports_every_variant_of_the_workdir(tiny_config, tmp_p
   assert len(results['half_batch']['curves']['loss']) == 2 * len(
       results['default']['curves']['loss'])  # Twice the steps per epoch.
   assert all(0 < r['minutes'] < 30 and r['note'] == '' for r in results.values())
+  # XLA's analysis of the compiled step: the half batch's activations take less.
+  assert 0 < results['half_batch']['memory_mib'] < results['default']['memory_mib']
+  assert f"| {results['default']['memory_mib']:.0f} |" in table
   figure = ablations.plot_study(results, str(tmp_path))
   assert figure == str(tmp_path / 'stop_gradient.png')
   assert (tmp_path / 'stop_gradient.png').stat().st_size > 10_000
@@ -177,7 +180,7 @@ def test_em_study_table_lists_the_paper_values_and_the_seed_spread():
   results = {name: {'curves': _curves(top1), 'minutes': 1.0, 'note': ''} for name, top1 in
              (('simsiam', 40.0), ('seed_1', 42.0), ('seed_2', 47.0), ('k_10', 39.0))}
   table = ablations.markdown_table(results, 'em')
-  assert '| k_10 | 10-step: 68.7 | -0.500 | 0.1000 (0.1250) | 39.0 | 1.0 |  |' in table
+  assert '| k_10 | 10-step: 68.7 | -0.500 | 0.1000 (0.1250) | 39.0 | 1.0 |  |  |' in table
   assert ('kNN top-1 of simsiam over seeds base, 1, 2: mean 43.00, std 3.61, range '
           '40.00-47.00.') in table
   del results['seed_1'], results['seed_2']
@@ -194,3 +197,12 @@ def test_em_variants_configure_the_targets_of_the_paper(tiny_config):
   assert (bank.simsiam.target, bank.simsiam.bank_momentum, bank.model.predictor) == (
       'memory_bank', 0.8, 'none')
   assert ablations.variant_config(tiny_config, 'seed_2', 'em').seed == 2
+
+
+def test_table4_study_runs_each_method_on_the_same_base_config(tiny_config):
+  for name in ('simclr', 'moco_v2', 'byol', 'swav'):
+    config = ablations.variant_config(tiny_config, name, 'table4')
+    assert config.method == name
+    assert config.to_dict() == {**tiny_config.to_dict(), 'method': name}
+  assert ablations.variant_config(tiny_config, 'simsiam', 'table4') == tiny_config
+  assert ablations.variant_config(tiny_config, 'seed_1', 'table4').seed == 1

@@ -71,7 +71,7 @@ CASES = [
     main_case('batch_not_a_number', '--config.batch_size=abc', expected='--config.batch_size',
               in_process=False),
     main_case('unknown_model', '--config.model.name=resnet51', expected='config.model.name'),
-    main_case('unknown_method', '--config.method=byol', expected='config.method',
+    main_case('unknown_method', '--config.method=dino', expected='config.method',
               in_process=False),
     main_case('unknown_mode', '--config.mode=train', expected='config.mode'),
     main_case('unknown_field', '--config.data.nonfield=3', expected='--config.data.nonfield',
@@ -147,6 +147,7 @@ CASES = [
 # already shows how any ConfigError reaches the command line.
 BAD_FIELD_VALUES = [
     ('optim.base_lr', -0.1), ('num_epochs', 0), ('optim.lr_schedule', 'linear'),
+    ('optim.optimizer', 'adam'), ('optim.lars_trust_coefficient', 0.0),
     ('aug.crop_scale', (1.5, 0.2)), ('aug.hue', 0.7), ('aug.grayscale_prob', 1.5),
     ('evals.knn.k', 0), ('optim.momentum', 1.0), ('aug.crop_scale', (0.5,)),
     ('aug.crop_ratio', (0.0, 1.0)),

@@ -110,6 +110,19 @@ def test_swapped_prediction_matches_numpy():
                              numpy_swapped_prediction(codes, scores, 0.1), rtol=1e-5)
 
 
+def test_swav_codes_are_targets_without_gradient(tiny_config):
+  """d loss / d scores2 is (softmax(scores2 / t) - codes1) / (2 t B): only the prediction
+  side carries a gradient, the codes of the Sinkhorn-Knopp step are constants."""
+  config = method_config(tiny_config, 'swav')
+  rng = np.random.default_rng(7)
+  s1, s2 = (rng.uniform(-1, 1, size=(6, 5)).astype(np.float32) for _ in range(2))
+  t = config.swav.temperature
+  gradient = jax.grad(swav.swav_loss, argnums=1)(s1, s2, config)
+  codes1 = numpy_sinkhorn(s1, config.swav.epsilon, config.swav.sinkhorn_iterations)
+  softmax = np.exp(s2 / t - logsumexp(s2 / t, axis=1, keepdims=True))
+  np.testing.assert_allclose(gradient, (softmax - codes1) / (2 * t * 6), rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize('loss', ['nt_xent', 'sinkhorn'])
 def test_batch_sums_span_all_eight_devices(loss):
   """Jitted over 8 devices with the batch split, SimCLR's negatives and SwAV's equipartition
@@ -300,7 +313,7 @@ def test_frozen_sgd_steps_like_sgd_started_at_the_end_of_the_freeze():
   schedule = lambda count: 0.1 * (count + 1)
   params = {'w': np.array([1.0, -2.0], np.float32)}
   grads = {'w': np.array([0.5, 0.25], np.float32)}
-  frozen = optimizer.sgd_frozen_for_first_steps(optim, schedule, 3)
+  frozen = optimizer.frozen_for_first_steps(optim, schedule, 3)
   state = frozen.init(params)
   for _ in range(3):
     updates, state = frozen.update(grads, state, params)

@@ -61,3 +61,17 @@ def test_non_finite_loss_names_the_first_bad_step():
   reporter.add(3, _metrics(float('inf'), 0.1))
   with pytest.raises(checkpointing.NonFiniteLossError, match='step 2'):
     reporter.report()
+
+
+@pytest.mark.parametrize('method,title,minimum', [('simsiam', 'SimSiam', True),
+                                                  ('moco_v2', 'MoCo v2', False)])
+def test_closing_summary_names_the_method_and_only_simsiam_has_a_loss_minimum(
+    tiny_config, tmp_path, method, title, minimum):
+  tiny_config.method = method
+  result = {'start_step': 0, 'step': 8, 'total_steps': 8, 'loss': 1.5, 'z_std': 0.15,
+            'z_std_target': 0.17}
+  summary = reporting.closing_summary(tiny_config, str(tmp_path), result, 12.0,
+                                      'configs/default.py', [f'--config.method={method}'])
+  assert summary.splitlines()[0] == f'== {title} pretraining of {tmp_path} =='
+  assert ('final loss    1.5000 (-1 is the minimum)' in summary) == minimum
+  assert f'--config.method={method} --config.mode=knn' in summary

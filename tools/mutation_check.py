@@ -36,6 +36,7 @@ class Mutant:
 
 
 PARITY = 'tests/test_torch_parity.py'
+METHODS_TESTS = 'tests/test_methods.py'
 
 MUTANTS = (
     Mutant('no_stop_gradient', 'simsiam_jax/losses.py',
@@ -122,6 +123,32 @@ MUTANTS = (
            '(1 - momentum) * bank[indices] + momentum * current',
            ('tests/test_em_variants.py::test_memory_bank_updates_only_the_batchs_rows_with_'
             'momentum_m',)),
+    Mutant('simclr_self_similarity_unmasked', 'simsiam_jax/losses.py',
+           'a @ a.T / temperature - self_mask', 'a @ a.T / temperature',
+           ('tests/test_methods.py::test_nt_xent_matches_numpy_and_uses_every_other_view_as_a_'
+            'negative',)),
+    Mutant('moco_key_momentum_swapped', 'simsiam_jax/methods/moco_v2.py',
+           'config.moco_v2.momentum)}', '1 - config.moco_v2.momentum)}',
+           (f'{METHODS_TESTS}::test_moco_key_encoder_moves_before_the_step_and_the_keys_enter_'
+            'the_queue',)),
+    Mutant('moco_queue_position_stuck', 'simsiam_jax/methods/moco_v2.py',
+           'QUEUE_POSITION: (position + new_keys.shape[0])', 'QUEUE_POSITION: (position)',
+           (f'{METHODS_TESTS}::test_moco_key_encoder_moves_before_the_step_and_the_keys_enter_'
+            'the_queue',)),
+    Mutant('byol_tau_constant', 'simsiam_jax/methods/byol.py',
+           '(1 - tau_base) * (jnp.cos(math.pi * progress) + 1) / 2', '(1 - tau_base)',
+           (f'{METHODS_TESTS}::test_byol_target_is_a_moving_average_with_a_cosine_tau',)),
+    Mutant('byol_target_follows_the_pre_step_online', 'simsiam_jax/methods/byol.py',
+           'common.encoder_part(new_state.params), tau)', 'common.encoder_part(state.params), tau)',
+           (f'{METHODS_TESTS}::test_byol_target_is_a_moving_average_with_a_cosine_tau',)),
+    Mutant('swav_prototypes_never_frozen', 'simsiam_jax/methods/swav.py',
+           'return int(round(config.swav.freeze_prototypes_epochs * steps_per_epoch))',
+           'return 0',
+           (f'{METHODS_TESTS}::test_swav_prototypes_are_unit_rows_frozen_for_the_first_steps',)),
+    Mutant('swav_codes_carry_gradient', 'simsiam_jax/methods/swav.py',
+           'codes1, codes2 = (jax.lax.stop_gradient(losses.sinkhorn(',
+           'codes1, codes2 = ((lambda x: x)(losses.sinkhorn(',
+           (f'{METHODS_TESTS}::test_swav_codes_are_targets_without_gradient',)),
 )
 
 

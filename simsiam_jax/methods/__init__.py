@@ -1,6 +1,7 @@
 """The self-supervised methods the training loop runs; `config.method` names one.
 
-A method is a module with plain functions, so that the loop (train.py) knows none of them:
+A method is a module with plain functions, so that the loop (train.py) knows none of them,
+and a TITLE for reports:
 
   validate(config)                      raises ConfigError on a bad method field.
   create_optimizer(config, steps_per_epoch) -> optax.GradientTransformation

@@ -81,9 +81,9 @@ def moving_average(target, online, momentum):
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD on every parameter with the encoder's schedule of config.optim: the methods other
-  than SimSiam have no constant-lr predictor."""
-  return optimizer.sgd(config.optim, encoder_schedule(config, steps_per_epoch))
+  """config.optim's optimizer on every parameter with the encoder's schedule: the methods
+  other than SimSiam have no constant-lr predictor."""
+  return optimizer.pretraining_optimizer(config.optim, encoder_schedule(config, steps_per_epoch))
 
 
 def encoder_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:

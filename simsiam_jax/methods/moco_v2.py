@@ -23,6 +23,7 @@ from simsiam_jax import config_validation, losses
 from simsiam_jax.methods import common
 from simsiam_jax.train_state import TrainState, create_train_state as _create
 
+TITLE = 'MoCo v2'
 QUEUE = 'queue'
 # Row of the queue the next keys are written to.
 QUEUE_POSITION = 'queue_position'

@@ -13,6 +13,7 @@ from simsiam_jax import config_validation, losses
 from simsiam_jax.methods import common
 from simsiam_jax.train_state import TrainState, create_train_state as _create
 
+TITLE = 'SimCLR'
 create_optimizer = common.create_optimizer
 
 

@@ -26,6 +26,7 @@ from simsiam_jax.methods.common import TARGET_PARAMS
 from simsiam_jax.models import create_model as create_network
 from simsiam_jax.train_state import TrainState, compute_dtype, create_train_state as _create
 
+TITLE = 'SimSiam'
 TARGETS = ('online', 'k_step', 'memory_bank')
 MEMORY_BANK = 'memory_bank'
 # Whether a bank row holds an average yet: a first visit stores F_theta(T'(x)) itself.

@@ -22,6 +22,7 @@ from simsiam_jax.methods import common
 from simsiam_jax.models import layers
 from simsiam_jax.train_state import TrainState, create_train_state as _create
 
+TITLE = 'SwAV'
 # [num_prototypes, projector_dim], one unit vector per row (torch's Linear weight layout).
 PROTOTYPES = 'prototypes'
 
@@ -49,12 +50,13 @@ def param_labels(params):
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD with the encoder's schedule; the prototypes stand still for the first epoch(s)."""
+  """config.optim's optimizer with the encoder's schedule; the prototypes stand still for the
+  first epoch(s)."""
   schedule = common.encoder_schedule(config, steps_per_epoch)
   return optax.multi_transform(
-      {'network': optimizer.sgd(config.optim, schedule),
-       PROTOTYPES: optimizer.sgd_frozen_for_first_steps(config.optim, schedule,
-                                                        freeze_steps(config, steps_per_epoch))},
+      {'network': optimizer.pretraining_optimizer(config.optim, schedule),
+       PROTOTYPES: optimizer.frozen_for_first_steps(config.optim, schedule,
+                                                    freeze_steps(config, steps_per_epoch))},
       param_labels)
 
 
