@@ -93,6 +93,12 @@ def run_steps(config, num_steps: int, mesh=None, steps_per_epoch: int = 4):
   """[(state after each step, metrics)] of `num_steps` real train steps, on the host."""
   mesh = mesh or sharding.create_mesh()
   state, step_fn = state_and_step(config, mesh, steps_per_epoch)
+  return steps_from(config, state, step_fn, mesh, num_steps)
+
+
+def steps_from(config, state, step_fn, mesh, num_steps: int):
+  """[(state after each step, metrics)] on the host of `num_steps` steps from `state`, on
+  the pipeline's first batches."""
   history = []
   for batch in itertools.islice(pretrain_batches(config, mesh), num_steps):
     state, metrics = step_fn(state, batch)

@@ -145,14 +145,16 @@ def test_batch_sums_span_all_eight_devices(loss):
 
 @pytest.fixture(scope='module')
 def eight_device_runs():
-  """method -> [(state, metrics)] of the 8 steps (2 epochs) of its tiny config on 8 devices,
-  run once for the module."""
+  """method -> (initial state, [(state, metrics)] of the 8 steps (2 epochs) of its tiny
+  config on 8 devices), on the host; run once for the module."""
   runs = {}
 
   def run(method):
     if method not in runs:
       config = method_config(helpers.make_tiny_config(), method)
-      runs[method] = helpers.run_steps(config, 8, sharding.create_mesh(), STEPS_PER_EPOCH)
+      mesh = sharding.create_mesh()
+      state, step = _initial_state(config, mesh)
+      runs[method] = (jax.device_get(state), helpers.steps_from(config, state, step, mesh, 8))
     return runs[method]
 
   return run
@@ -192,11 +194,11 @@ def _encode(state, params, batch_stats, views):
   return [np.asarray(z) for z in projections]
 
 
-def test_simclr_step_minimises_nt_xent_of_the_encoders_projections(tiny_config):
+def test_simclr_step_minimises_nt_xent_of_the_encoders_projections(tiny_config,
+                                                                   eight_device_runs):
   config = method_config(tiny_config, 'simclr')
-  state, step = _initial_state(config)
+  state, [(_, metrics), *_] = eight_device_runs('simclr')
   z1, z2 = _encode(state, state.params, state.batch_stats, _views(config))
-  _, metrics = step(state, _first_batch(config))
   np.testing.assert_allclose(metrics['loss'],
                              numpy_nt_xent(z1, z2, config.simclr.temperature), rtol=1e-5)
   assert 'predictor' not in state.params
@@ -286,7 +288,7 @@ def test_asymmetric_moco_queries_with_view1_and_enqueues_view2s_keys(tiny_config
 def test_swav_prototypes_are_unit_rows_frozen_for_the_first_steps(tiny_config,
                                                                    eight_device_runs):
   config = method_config(tiny_config, 'swav')
-  state, step = _initial_state(config)
+  state, history = eight_device_runs('swav')
   views = _views(config)
   prototypes = _unit(state.params[swav.PROTOTYPES])
   z1, z2 = _encode(state, swav.network_params(state.params), state.batch_stats, views)
@@ -296,7 +298,6 @@ def test_swav_prototypes_are_unit_rows_frozen_for_the_first_steps(tiny_config,
   expected_loss = (numpy_swapped_prediction(codes1, s2, sw.temperature) +
                    numpy_swapped_prediction(codes2, s1, sw.temperature)) / 2
 
-  history = eight_device_runs('swav')
   np.testing.assert_allclose(history[0][1]['loss'], expected_loss, rtol=1e-4)
   assert swav.freeze_steps(config, STEPS_PER_EPOCH) == 2
   for frozen_state, _ in history[:2]:  # Normalised, not trained.
@@ -329,11 +330,15 @@ def test_frozen_sgd_steps_like_sgd_started_at_the_end_of_the_freeze():
 
 @pytest.mark.parametrize('method', TABLE4_METHODS)
 def test_sharded_steps_equal_single_device_steps(tiny_config, eight_device_runs, method):
+  """The same initial state and global batches on one device: the same losses and states (to
+  float rounding: the sums over the batch are split differently)."""
   config = method_config(tiny_config, method)
-  single = helpers.run_steps(config, 2, sharding.create_mesh(jax.devices()[:1]),
-                             STEPS_PER_EPOCH)
-  for (state, metrics), (single_state, single_metrics) in zip(eight_device_runs(method),
-                                                              single):
+  initial, history = eight_device_runs(method)
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  state = jax.device_put(initial, sharding.replicated(mesh))
+  step = train.make_train_step(config, STEPS_PER_EPOCH, mesh, state)
+  single = helpers.steps_from(config, state, step, mesh, 2)
+  for (state, metrics), (single_state, single_metrics) in zip(history, single):
     np.testing.assert_allclose(metrics['loss'], single_metrics['loss'], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  (state.params, state.batch_stats, state.method_state),
@@ -349,7 +354,7 @@ def test_a_run_resumed_from_a_checkpoint_ends_in_the_uninterrupted_state(
   test_train_loop and test_em_variants."""
   config = method_config(tiny_config, method)
   del config.evals['knn']  # Not under test here; saves its compilation.
-  history = eight_device_runs(method)
+  _, history = eight_device_runs(method)
   stop_at = 3
   with checkpointing.Checkpointer(tmp_path, max_to_keep=1, save_every_steps=1) as ckpt:
     ckpt.save(stop_at, history[stop_at - 1][0], config, force=True)
