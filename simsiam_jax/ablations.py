@@ -140,7 +140,8 @@ def plot_study(results: dict[str, dict], workdir: str, study: str = 'ablations')
 
 def run_variants(base: ml_collections.ConfigDict, workdir: str, names: list[str],
                  study: str = 'ablations'):
-  """Pretrains each variant in `workdir/<name>`; a diverging variant stops, the others go on."""
+  """Pretrains each variant in `workdir/<name>`; a diverging variant stops, the others go on.
+  A preempted variant (SIGTERM) stops the study: rerunning resumes it, then the others."""
   variants = STUDIES[study]
   unknown = [n for n in names if n not in variants]
   if unknown:
@@ -151,9 +152,15 @@ def run_variants(base: ml_collections.ConfigDict, workdir: str, names: list[str]
   for name in names:
     logging.info('Variant %s (%s): %s', name, variants[name][0], variants[name][1])
     try:
-      train.train_and_evaluate(variant_config(base, name, study), os.path.join(workdir, name))
+      summary = train.train_and_evaluate(variant_config(base, name, study),
+                                         os.path.join(workdir, name))
     except checkpointing.NonFiniteLossError as e:
       logging.warning('Variant %s diverged: %s', name, e)
+      continue
+    if summary['step'] < summary['total_steps']:
+      logging.warning('Study stopped at variant %s (preempted); rerun the same command to '
+                      'resume.', name)
+      return
 
 
 def collect_results(base: ml_collections.ConfigDict, workdir: str,

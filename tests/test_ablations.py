@@ -1,6 +1,7 @@
 """Each ablation switch of the paper changes the computation it claims to, and no more."""
 
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -206,3 +207,15 @@ def test_table4_study_runs_each_method_on_the_same_base_config(tiny_config):
     assert config.to_dict() == {**tiny_config.to_dict(), 'method': name}
   assert ablations.variant_config(tiny_config, 'simsiam', 'table4') == tiny_config
   assert ablations.variant_config(tiny_config, 'seed_1', 'table4').seed == 1
+
+
+def test_a_preempted_variant_stops_the_study(tiny_config, tmp_path, monkeypatch):
+  trained = []
+
+  def preempted_after_one_step(config, workdir):
+    trained.append(os.path.basename(workdir))
+    return {'step': 1, 'total_steps': 8}
+
+  monkeypatch.setattr(ablations.train, 'train_and_evaluate', preempted_after_one_step)
+  ablations.run_variants(tiny_config, str(tmp_path), ['simsiam', 'simclr', 'byol'], 'table4')
+  assert trained == ['simsiam']
