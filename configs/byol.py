@@ -23,11 +23,6 @@ def get_config():
   config.model.projector_hidden_dim = 4096
   config.model.projector_dim = 256
   config.model.predictor_hidden_dim = 4096
-  config.batch_size = 4096
-  config.optim.optimizer = 'lars'
-  config.optim.base_lr = 0.45
-  config.optim.weight_decay = 1e-6
-  config.optim.warmup_epochs = 10
-  config.optim.lr_schedule = 'cosine'
+  imagenet.use_lars_at_batch_4096(config, base_lr=0.45)
   config.byol.tau_base = 0.99
   return config

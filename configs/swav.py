@@ -24,12 +24,7 @@ def get_config():
   config.method = 'swav'
   config.model.projector_hidden_dim = 2048
   config.model.projector_dim = 128
-  config.batch_size = 4096
-  config.optim.optimizer = 'lars'
-  config.optim.base_lr = 0.3
-  config.optim.weight_decay = 1e-6
-  config.optim.warmup_epochs = 10
-  config.optim.lr_schedule = 'cosine'
+  imagenet.use_lars_at_batch_4096(config, base_lr=0.3)
   config.swav.num_prototypes = 3000
   config.swav.freeze_prototypes_epochs = 1.0
   return config
