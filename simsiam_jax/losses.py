@@ -1,4 +1,5 @@
-"""SimSiam's symmetric negative-cosine loss and the collapse monitor (paper Eq. 1-4)."""
+"""SimSiam's symmetric negative-cosine loss, the collapse monitor (paper Eq. 1-4), and the
+losses of the methods of the paper's Table 4 (SimCLR, MoCo v2, BYOL, SwAV)."""
 
 import jax
 import jax.numpy as jnp

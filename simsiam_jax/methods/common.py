@@ -48,7 +48,8 @@ def normalized_views(batch, config: ml_collections.ConfigDict, num_views: int = 
 
 def encode_views(apply_fn, params, batch_stats, views):
   """([z of each view], batch_stats after them): the encoder in train mode, one call per
-  view (each view normalised by its own batch statistics, as in the official codes)."""
+  view, so each view is normalised by its own batch statistics, as in SimSiam's, MoCo's and
+  BYOL's official code (SwAV's concatenates the crops of one size: methods/swav.py)."""
   projections = []
   for view in views:
     z, mutated = apply_fn({'params': params, 'batch_stats': batch_stats}, view, train=True,
