@@ -221,7 +221,8 @@ def restore_backbone_variables(
 
 # Fields that shape the train state besides config.model, with their value in checkpoints
 # written before they existed.
-STATE_FIELDS = {'method': 'simsiam', 'simsiam.target': 'online'}
+STATE_FIELDS = {'method': 'simsiam', 'simsiam.target': 'online', 'optim.optimizer': 'sgd',
+                'moco_v2.queue_size': 65_536, 'swav.num_prototypes': 3000}
 
 
 def check_model_config(stored_config: ml_collections.ConfigDict,

@@ -370,3 +370,21 @@ def test_a_run_resumed_from_a_checkpoint_ends_in_the_uninterrupted_state(
   final = history[-1][0]
   jax.tree.map(np.testing.assert_array_equal, resumed,
                {name: getattr(final, name) for name in resumed})
+
+
+@pytest.mark.parametrize('field,value', [('moco_v2.queue_size', 128),
+                                         ('swav.num_prototypes', 20),
+                                         ('optim.optimizer', 'lars')])
+def test_resuming_with_another_state_shape_is_refused_naming_the_field(tiny_config, tmp_path,
+                                                                      field, value):
+  """A queue, prototypes or optimizer state of another shape would fail to restore at every
+  step and get the checkpoints set aside: refused before they are opened."""
+  config = method_config(tiny_config, 'moco_v2' if field.startswith('moco') else 'swav')
+  with checkpointing.Checkpointer(tmp_path, max_to_keep=1, save_every_steps=1) as ckpt:
+    ckpt.save(1, {'w': np.zeros(2)}, config)
+  section, name = field.split('.')
+  old = config[section][name]
+  config[section][name] = value
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=rf'config\.{field}: {old} -> {value}$'):
+    checkpointing.check_resumable(tmp_path, config)
