@@ -184,12 +184,15 @@ def check_resumable(workdir: epath.PathLike, config: ml_collections.ConfigDict):
   Checked before the run opens its checkpoints, so that a mismatch leaves them untouched
   (a restore into the wrong shapes would fail on every step and set them aside).
   """
-  if not checkpoint_dir(workdir).is_dir():
-    return
-  with _read_only_manager(workdir, ocp.StandardCheckpointHandler()) as manager:
-    stored_config = _newest_stored_config(manager)
-  if stored_config is not None:
-    check_model_config(stored_config, config, manager.directory, state_fields=True)
+  if checkpoint_dir(workdir).is_dir():
+    with _read_only_manager(workdir, ocp.StandardCheckpointHandler()) as manager:
+      stored_config = _newest_stored_config(manager)
+    if stored_config is not None:
+      check_model_config(stored_config, config, manager.directory, state_fields=True)
+  # Every process has looked for the directory before the checkpointer of any creates it:
+  # a process that found it would open a manager (a collective) the others never join.
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('simsiam_jax.checkpointing.check_resumable')
 
 
 def restore_backbone_variables(
