@@ -189,9 +189,10 @@ def import_torch(config: ml_collections.ConfigDict, workdir: str, path: str) -> 
         'into a new workdir')
   config_validation.validate_config(config, device_count=jax.device_count(),
                                     process_count=jax.process_count())
-  # The imported weights start a plain SimSiam run: a target network or memory bank would
-  # have to be made from them, which the official checkpoints do not hold.
-  for field, value in checkpointing.STATE_FIELDS.items():
+  # The imported weights start a plain SimSiam run with SGD: a target network or memory bank
+  # would have to be made from them, which the official checkpoints do not hold.
+  for field in ('method', 'simsiam.target', 'optim.optimizer'):
+    value = checkpointing.STATE_FIELDS[field]
     config_validation.require(config_validation.get_field(config, field) == value,
                               f'config.{field}', config_validation.get_field(config, field),
                               f'imports start a {value!r} run')
