@@ -158,9 +158,7 @@ def bank_targets(state: TrainState, outputs, indices, momentum: float):
 
 def train_step_fn(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """step(state, batch) -> (state, metrics): one SGD step on a global batch of view pairs."""
-  lr_schedule = optimizer.cosine_schedule(config.optim, batch_size=config.batch_size,
-                                          num_epochs=config.num_epochs,
-                                          steps_per_epoch=steps_per_epoch)
+  lr_schedule = common.encoder_schedule(config, steps_per_epoch)
   target = config.simsiam.target
   refresh_every = target_refresh_steps(config, steps_per_epoch)
   similarity = losses.SIMILARITIES[config.similarity]
