@@ -86,6 +86,9 @@ class Checkpointer:
       self._manager = ocp.CheckpointManager(
           checkpoint_dir(workdir), options=options,
           item_handlers=_item_handlers(ocp.StandardCheckpointHandler()))
+      # Orbax removes unfinished saves in a thread that only its next save waits for; a
+      # Checkpointer that only restores would otherwise close with them still there.
+      self._manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
     except BaseException:
       self._release_lock()
       raise

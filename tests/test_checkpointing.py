@@ -1,3 +1,4 @@
+import asyncio
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from orbax.checkpoint._src.path import temporary_paths
 from helpers import make_tiny_config
 
 from simsiam_jax import checkpointing, sharding
@@ -155,8 +157,17 @@ def test_nothing_is_set_aside_when_no_checkpoint_restores(tmp_path):
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2']
 
 
-def test_unfinished_save_is_ignored_and_cleaned_up(tmp_path):
+def test_unfinished_save_is_ignored_and_cleaned_up(tmp_path, monkeypatch):
   _save_steps(tmp_path, [1, 2])
+  # Orbax cleans up in a background thread; a slow one (as under load) must still finish
+  # before the Checkpointer is done.
+  cleanup = temporary_paths.cleanup_temporary_paths
+
+  async def slow_cleanup(*args, **kwargs):
+    await asyncio.sleep(1)
+    await cleanup(*args, **kwargs)
+
+  monkeypatch.setattr(temporary_paths, 'cleanup_temporary_paths', slow_cleanup)
   checkpoints = tmp_path / 'checkpoints'
   # What a kill during the save of step 3 leaves: a complete-looking tmp directory.
   unfinished = checkpoints / '3.orbax-checkpoint-tmp-1700000000000000'
