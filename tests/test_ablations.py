@@ -207,6 +207,8 @@ def test_table4_study_runs_each_method_on_the_same_base_config(tiny_config):
     assert config.to_dict() == {**tiny_config.to_dict(), 'method': name}
   assert ablations.variant_config(tiny_config, 'simsiam', 'table4') == tiny_config
   assert ablations.variant_config(tiny_config, 'seed_1', 'table4').seed == 1
+  half = ablations.variant_config(tiny_config, 'byol_half_batch', 'table4')
+  assert (half.method, half.batch_size) == ('byol', tiny_config.batch_size // 2)
 
 
 def test_a_preempted_variant_stops_the_study(tiny_config, tmp_path, monkeypatch):
