@@ -146,6 +146,8 @@ def get_linear_config() -> ml_collections.ConfigDict:
   linear.eval_every_epochs = 1
   linear.crop_scale = (0.08, 1.0)
   linear.log_every_steps = 50
+  # Also saved at the end and when preempted (SIGTERM); a rerun resumes from the last one.
+  linear.checkpoint_every_steps = 1000
   return linear
 
 

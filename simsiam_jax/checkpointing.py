@@ -30,7 +30,7 @@ which all hosts agree; it needs `jax.distributed.initialize()` with the preempti
 import contextlib
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -73,7 +73,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: epath.PathLike, *, max_to_keep: int, save_every_steps: int):
-    self._lock_path = workdir_lib.acquire_lock(workdir) if jax.process_index() == 0 else None
+    self._lock_path = workdir_lib.acquire_lock_for_every_process(workdir)
     try:
       options = ocp.CheckpointManagerOptions(
           save_decision_policy=ocp.checkpoint_managers.AnySavePolicy([
@@ -180,18 +180,22 @@ def restore_config(workdir_or_checkpoint_dir: epath.PathLike) -> ml_collections.
   return stored_config
 
 
-def check_resumable(workdir: epath.PathLike, config: ml_collections.ConfigDict):
-  """Raises CheckpointError naming each model or method field (old -> new) in which `config`
-  differs from the run whose checkpoints are in `workdir`; returns if there are none.
+def check_resumable(workdir: epath.PathLike, config: ml_collections.ConfigDict,
+                    fields: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+  """Raises CheckpointError naming each of `fields` (old -> new) in which `config` differs
+  from the run whose checkpoints are in `workdir`; returns if there are none.
 
-  Checked before the run opens its checkpoints, so that a mismatch leaves them untouched
-  (a restore into the wrong shapes would fail on every step and set them aside).
+  `fields` picks from a flattened config what shapes the run's checkpointed state; the
+  default, `pretraining_state_fields`. Checked before the run opens its checkpoints, so that
+  a mismatch leaves them untouched (a restore into the wrong shapes would fail on every step
+  and set them aside).
   """
   if checkpoint_dir(workdir).is_dir():
     with _read_only_manager(workdir, ocp.StandardCheckpointHandler()) as manager:
       stored_config = _newest_stored_config(manager)
     if stored_config is not None:
-      check_model_config(stored_config, config, manager.directory, state_fields=True)
+      _check_fields(stored_config, config, manager.directory, 'state',
+                    fields or pretraining_state_fields)
   # Every process has looked for the directory before the checkpointer of any creates it:
   # a process that found it would open a manager (a collective) the others never join.
   if jax.process_count() > 1:
@@ -231,30 +235,35 @@ STATE_FIELDS = {'method': 'simsiam', 'simsiam.target': 'online', 'optim.optimize
                 'moco_v2.queue_size': 65_536, 'swav.num_prototypes': 3000}
 
 
+def model_fields(flat_config: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in flat_config.items() if k.startswith('model.')}
+
+
+def pretraining_state_fields(flat_config: dict[str, Any]) -> dict[str, Any]:
+  return {**model_fields(flat_config),
+          **{k: flat_config.get(k, default) for k, default in STATE_FIELDS.items()}}
+
+
 def check_model_config(stored_config: ml_collections.ConfigDict,
-                       config: ml_collections.ConfigDict, checkpoint_path: epath.PathLike, *,
-                       state_fields: bool = False):
-  """Raises CheckpointError naming every `model.*` field (and with `state_fields`, every
-  field of STATE_FIELDS) that differs, as `config.<field>: <checkpoint's> -> <config's>`."""
+                       config: ml_collections.ConfigDict, checkpoint_path: epath.PathLike):
+  """Raises CheckpointError naming every `model.*` field that differs, as
+  `config.<field>: <checkpoint's> -> <config's>`."""
+  _check_fields(stored_config, config, checkpoint_path, 'model', model_fields)
+
+
+def _check_fields(stored_config: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                  checkpoint_path: epath.PathLike, what: str,
+                  fields: Callable[[dict[str, Any]], dict[str, Any]]):
   # Compared in their JSON form, as stored (tuples become lists).
-  stored, new = (_fields_to_compare(_config_to_json(c), state_fields)
+  stored, new = (fields(traverse_util.flatten_dict(_config_to_json(c), sep='.'))
                  for c in (stored_config, config))
   missing = '<missing>'
   differences = [f'config.{field}: {stored.get(field, missing)} -> {new.get(field, missing)}'
                  for field in sorted(stored.keys() | new.keys())
                  if stored.get(field, missing) != new.get(field, missing)]
   if differences:
-    raise CheckpointError(f'the {"state" if state_fields else "model"} of the checkpoints in '
-                          f'{checkpoint_path} (old) differs from this config (new): ' +
-                          '; '.join(differences))
-
-
-def _fields_to_compare(config_json: dict[str, Any], state_fields: bool) -> dict[str, Any]:
-  flat = traverse_util.flatten_dict(config_json, sep='.')
-  fields = {k: v for k, v in flat.items() if k.startswith('model.')}
-  if state_fields:
-    fields.update({k: flat.get(k, default) for k, default in STATE_FIELDS.items()})
-  return fields
+    raise CheckpointError(f'the {what} of the checkpoints in {checkpoint_path} (old) differs '
+                          'from this config (new): ' + '; '.join(differences))
 
 
 def check_finite(step: int, metrics: Any):

@@ -185,7 +185,7 @@ def validate_linear_config(config: ml_collections.ConfigDict, *, device_count: i
                            process_count: int = 1):
   """Every field linear evaluation reads; raises ConfigError on the first bad one."""
   for field in ('linear.batch_size', 'linear.num_epochs', 'linear.base_lr',
-                'linear.log_every_steps'):
+                'linear.log_every_steps', 'linear.checkpoint_every_steps'):
     require_positive(config, field)
   _require_known_model(config)
   _require_valid_data(config)

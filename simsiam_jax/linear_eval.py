@@ -105,100 +105,151 @@ def _steps_per_epoch(config: ml_collections.ConfigDict) -> int:
   return num_examples // config.linear.batch_size
 
 
-def cached_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbone,
-                           mesh: Mesh) -> tuple[Iterator, int]:
-  """(iterator of global (features, labels) batches forever, steps per epoch) from features
-  extracted once per process, reshuffled each epoch."""
+def cached_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbone, mesh: Mesh,
+                           steps_per_epoch: int, start_step: int) -> Iterator:
+  """Global (features, labels) batches from `start_step` on, forever, from features extracted
+  once per process and reshuffled each epoch."""
   train_batches, _ = input_pipeline.create_eval_iterators(config)
   local_x, local_y = features.local_features(feature_fn, backbone, train_batches(), mesh)
   local_batch = config.linear.batch_size // jax.process_count()
-  # From the global count, so that every process runs the same number of steps; each
-  # process's shard holds at least steps_per_epoch * local_batch examples.
-  steps_per_epoch = _steps_per_epoch(config)
-
-  def batches():
-    rng = np.random.default_rng(config.seed)
-    while True:
-      order = rng.permutation(len(local_x))
-      for step in range(steps_per_epoch):
-        rows = order[step * local_batch:(step + 1) * local_batch]
-        yield sharding.global_batch_from_local((local_x[rows], local_y[rows]), mesh)
-
-  return batches(), steps_per_epoch
-
-
-def augmented_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbone,
-                              mesh: Mesh) -> tuple[Iterator, int]:
-  """(iterator of features of freshly augmented views, steps per epoch): the official recipe."""
-  steps_per_epoch = _steps_per_epoch(config)
-  images = input_pipeline.prefetch_to_mesh(input_pipeline.create_linear_train_iterator(config),
-                                           mesh)
-  return (feature_fn(backbone, batch) for batch in images), steps_per_epoch
+  # steps_per_epoch is from the global count, so that every process runs the same number of
+  # steps; each process's shard holds at least steps_per_epoch * local_batch examples.
+  rng = np.random.default_rng(config.seed)
+  start_epoch, offset = divmod(start_step, steps_per_epoch)
+  for _ in range(start_epoch):  # The orders of the epochs already trained.
+    rng.permutation(len(local_x))
+  while True:
+    order = rng.permutation(len(local_x))
+    for step in range(offset, steps_per_epoch):
+      rows = order[step * local_batch:(step + 1) * local_batch]
+      yield sharding.global_batch_from_local((local_x[rows], local_y[rows]), mesh)
+    offset = 0
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains the linear classifier on the frozen backbone; returns top-1/top-5 in percent."""
+def augmented_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbone, mesh: Mesh,
+                              steps_per_epoch: int, start_step: int) -> Iterator:
+  """Features of freshly augmented views from `start_step` on: the official recipe."""
+  del steps_per_epoch  # The iterator reaches start_step by itself.
+  images = input_pipeline.prefetch_to_mesh(
+      input_pipeline.create_linear_train_iterator(config, start_step=start_step), mesh)
+  return (feature_fn(backbone, batch) for batch in images)
+
+
+# What a linear evaluation's checkpoints depend on: resuming with other values is refused.
+_PROGRESS_ONLY_FIELDS = ('linear.log_every_steps', 'linear.checkpoint_every_steps')
+
+
+def linear_state_fields(flat_config: dict) -> dict:
+  """The fields a linear evaluation's checkpoints depend on (checkpointing.check_resumable)."""
+  return {k: v for k, v in flat_config.items()
+          if k in ('mode', 'pretrained_workdir', 'seed')
+          or (k.startswith('linear.') and k not in _PROGRESS_ONLY_FIELDS)}
+
+
+def _evaluation_steps(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                      total_steps: int) -> list[int]:
+  return [step for step in range(1, total_steps + 1)
+          if evaluators.is_due(config.linear.eval_every_epochs, step, steps_per_epoch,
+                               total_steps)]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains the linear classifier on the frozen backbone, resuming from the last checkpoint
+  in `workdir`; returns top-1/top-5 in percent, the last and the best, or, if preempted, only
+  the step it stopped at."""
   workdir_lib.validate(workdir)
   os.makedirs(workdir, exist_ok=True)
   config_validation.validate_linear_config(config, device_count=jax.device_count(),
                                            process_count=jax.process_count())
   input_pipeline.labeled_eval_splits(config)
+  checkpointing.check_resumable(workdir, config, linear_state_fields)
   mode = 'cached features' if config.linear.cached_features else 'augmented views'
-  writer = reporting.create_summary_writer(workdir)
   mesh = sharding.create_mesh()
-  backbone = evaluators.restore_backbone(config, mesh)
-  feature_fn = features.make_feature_fn(config.model, config.data, compute_dtype(config),
-                                         mesh)
-  make_batches = cached_feature_batches if config.linear.cached_features else (
-      augmented_feature_batches)
-  train_batches, steps_per_epoch = make_batches(config, feature_fn, backbone, mesh)
+  steps_per_epoch = _steps_per_epoch(config)
   total_steps = int(config.linear.num_epochs * steps_per_epoch)
+  evaluation_steps = _evaluation_steps(config, steps_per_epoch, total_steps)
+  preemption = workdir_lib.install_sigterm_handler()
 
-  classifier = LinearClassifier(input_pipeline.num_classes(config))
-  feature_dim = features.create_backbone(config.model, compute_dtype(config)).feature_dim
-  params = classifier.init(jax.random.key(config.seed), jnp.zeros((1, feature_dim)))['params']
-  state = jax.device_put(
-      train_state.TrainState.create(apply_fn=classifier.apply, params=params,
-                                    tx=create_optimizer(config.linear, steps_per_epoch)),
-      sharding.replicated(mesh))
-  step_fn = jax.jit(classifier_step, donate_argnums=0)
+  with checkpointing.Checkpointer(workdir, max_to_keep=1,
+                                  save_every_steps=config.linear.checkpoint_every_steps) as ckpt:
+    backbone = evaluators.restore_backbone(config, mesh)
+    feature_fn = features.make_feature_fn(config.model, config.data, compute_dtype(config),
+                                          mesh)
+    classifier = LinearClassifier(input_pipeline.num_classes(config))
+    feature_dim = features.create_backbone(config.model, compute_dtype(config)).feature_dim
+    params = classifier.init(jax.random.key(config.seed),
+                             jnp.zeros((1, feature_dim)))['params']
+    state = jax.device_put(
+        train_state.TrainState.create(apply_fn=classifier.apply, params=params,
+                                      tx=create_optimizer(config.linear, steps_per_epoch)),
+        sharding.replicated(mesh))
+    # Row i: top-1, top-5 and the number of images of the evaluation at evaluation_steps[i],
+    # NaN until it has run; checkpointed with the classifier, so a resumed run reports them.
+    evaluations = np.full((len(evaluation_steps), 3), np.nan)
+    start_step = 0
+    restored = ckpt.restore({'classifier': state, 'evaluations': evaluations})
+    if restored is not None:
+      (state, evaluations), start_step = (
+          (restored[0]['classifier'], np.array(restored[0]['evaluations'])), restored[1])
+      logging.info('Resumed the linear evaluation from the checkpoint of step %d in %s.',
+                   start_step, workdir)
+    make_batches = cached_feature_batches if config.linear.cached_features else (
+        augmented_feature_batches)
+    train_batches = make_batches(config, feature_fn, backbone, mesh, steps_per_epoch,
+                                 start_step)
+    step_fn = jax.jit(classifier_step, donate_argnums=0)
+    writer = reporting.create_summary_writer(workdir)
 
-  _, eval_batches = input_pipeline.create_eval_iterators(config)
-  if config.linear.cached_features:  # Extracted once, like the training features.
-    cached_eval = list(features.feature_batches(feature_fn, backbone, eval_batches(), mesh))
-    eval_features = lambda: cached_eval
-  else:
-    eval_features = lambda: features.feature_batches(feature_fn, backbone, eval_batches(), mesh)
+    _, eval_batches = input_pipeline.create_eval_iterators(config)
+    if config.linear.cached_features:  # Extracted once, like the training features.
+      cached_eval = list(features.feature_batches(feature_fn, backbone, eval_batches(), mesh))
+      eval_features = lambda: cached_eval
+    else:
+      eval_features = lambda: features.feature_batches(feature_fn, backbone, eval_batches(),
+                                                       mesh)
 
-  logging.info('Linear evaluation (%s) of %s: %d steps (%d per epoch), batch %d.', mode,
-               config.pretrained_workdir, total_steps, steps_per_epoch, config.linear.batch_size)
-  started = time.perf_counter()
-  history = {}  # epoch -> top-1/top-5
-  for step in range(1, total_steps + 1):
-    batch_features, labels = next(train_batches)
-    state, loss = step_fn(state, batch_features, labels)
-    if step % config.linear.log_every_steps == 0 or step == total_steps:
-      loss = float(loss)
-      if not math.isfinite(loss):
-        raise checkpointing.NonFiniteLossError(f'linear evaluation: loss is {loss} at step {step}')
-      rate = step / (time.perf_counter() - started)
-      logging.info('linear eval (%s) step %d/%d loss %.4f | %.2f steps/s, ETA %.0fs', mode,
-                   step, total_steps, loss, rate, (total_steps - step) / rate)
-      writer.write_scalars(step, {'linear/train_loss': loss})
-    if evaluators.is_due(config.linear.eval_every_epochs, step, steps_per_epoch, total_steps):
-      epoch = step / steps_per_epoch
-      history[epoch] = evaluate(state, eval_features())
-      logging.info('Linear evaluation (%s) at epoch %g: top-1 %.2f%%, top-5 %.2f%% on %d '
-                   'images of %s.', mode, epoch, history[epoch]['top1'], history[epoch]['top5'],
-                   history[epoch]['num_examples'], config.data.eval_split)
-      writer.write_scalars(step, {'linear/top1': history[epoch]['top1'],
-                                  'linear/top5': history[epoch]['top5']})
-  writer.flush()
+    logging.info('Linear evaluation (%s) of %s: steps %d-%d (%d per epoch), batch %d.', mode,
+                 config.pretrained_workdir, start_step + 1, total_steps, steps_per_epoch,
+                 config.linear.batch_size)
+    started = time.perf_counter()
+    for step in range(start_step + 1, total_steps + 1):
+      batch_features, labels = next(train_batches)
+      state, loss = step_fn(state, batch_features, labels)
+      if step % config.linear.log_every_steps == 0 or step == total_steps:
+        loss = float(loss)
+        if not math.isfinite(loss):
+          raise checkpointing.NonFiniteLossError(
+              f'linear evaluation: loss is {loss} at step {step}')
+        rate = (step - start_step) / (time.perf_counter() - started)
+        logging.info('linear eval (%s) step %d/%d loss %.4f | %.2f steps/s, ETA %.0fs', mode,
+                     step, total_steps, loss, rate, (total_steps - step) / rate)
+        writer.write_scalars(step, {'linear/train_loss': loss})
+      if step in evaluation_steps:
+        metrics = evaluate(state, eval_features())
+        evaluations[evaluation_steps.index(step)] = [
+            metrics['top1'], metrics['top5'], metrics['num_examples']]
+        logging.info('Linear evaluation (%s) at epoch %g: top-1 %.2f%%, top-5 %.2f%% on %d '
+                     'images of %s.', mode, step / steps_per_epoch, metrics['top1'],
+                     metrics['top5'], metrics['num_examples'], config.data.eval_split)
+        writer.write_scalars(step, {'linear/top1': metrics['top1'],
+                                    'linear/top5': metrics['top5']})
+      stop = preemption.requested or ckpt.reached_preemption(step)
+      if stop or step == total_steps or ckpt.should_save(step):
+        checkpointing.check_finite(step, loss)
+        ckpt.save(step, {'classifier': state, 'evaluations': evaluations}, config, force=True)
+      if stop:
+        logging.warning('Preempted: saved step %d; rerun the same command to resume.', step)
+        writer.flush()
+        return {'mode': mode, 'step': step, 'total_steps': total_steps}
+    writer.flush()
+  history = {step / steps_per_epoch: {'top1': top1, 'top5': top5, 'num_examples': int(count)}
+             for step, (top1, top5, count) in zip(evaluation_steps, evaluations)}
   last_epoch = max(history)
   best_epoch = max(history, key=lambda e: history[e]['top1'])
-  result = {'mode': mode, 'top1': history[last_epoch]['top1'],
-            'top5': history[last_epoch]['top5'], 'best_top1': history[best_epoch]['top1'],
-            'best_epoch': best_epoch, 'num_examples': history[last_epoch]['num_examples']}
+  result = {'mode': mode, 'step': total_steps, 'total_steps': total_steps,
+            'top1': history[last_epoch]['top1'], 'top5': history[last_epoch]['top5'],
+            'best_top1': history[best_epoch]['top1'], 'best_epoch': best_epoch,
+            'num_examples': history[last_epoch]['num_examples']}
   evaluators.write_result(workdir, 'linear_eval.json', config,
                           {**result, 'history': {str(e): h for e, h in history.items()}})
   return result

@@ -165,6 +165,10 @@ def closing_summary(config: ml_collections.ConfigDict, workdir: str, result: dic
              ('next: linear', _command(config_file, f'{workdir}_linear', overrides,
                                        '--config.mode=linear_eval',
                                        f'--config.pretrained_workdir={config.pretrained_workdir}'))]
+  elif result['step'] < result['total_steps']:
+    rows += [('steps', f'stopped at {result["step"]} of {result["total_steps"]}; rerun the '
+              'same command to resume'),
+             ('checkpoints', str(checkpointing.checkpoint_dir(workdir)))]
   else:
     rows += [('linear top-1', f'{result["top1"]:.2f}% (top-5 {result["top5"]:.2f}%) on '
               f'{config.data.eval_split}, {result["mode"]}; best {result["best_top1"]:.2f}% '

@@ -8,7 +8,10 @@ import socket
 import tempfile
 from typing import Any
 
+import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 LOCK_FILENAME = '.simsiam.lock'
 
@@ -88,6 +91,27 @@ def acquire_lock(workdir: str | os.PathLike) -> str | None:
   os.remove(path)
   if not _try_create_lock(path):
     raise WorkdirError(f'Another run took the lock {path} of {workdir} just now.')
+  return path
+
+
+def acquire_lock_for_every_process(workdir: str | os.PathLike) -> str | None:
+  """Process 0 takes the workdir's lock (`acquire_lock`) on behalf of the run, and every
+  process learns whether it did: all of them fail together, instead of the others going
+  on to wait for process 0 at their next collective. Returns the lock's path on process 0,
+  None on the others (and for non-local workdirs)."""
+  path, error = None, None
+  if jax.process_index() == 0:
+    try:
+      path = acquire_lock(workdir)
+    except Exception as e:  # pylint: disable=broad-except
+      error = e  # Raised once the others know.
+  if jax.process_count() > 1:
+    taken = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not taken and error is None:
+      error = WorkdirError(f'{workdir}: process 0 could not take the workdir lock; its log '
+                           'says why.')
+  if error is not None:
+    raise error
   return path
 
 

@@ -4,6 +4,7 @@ import itertools
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -25,6 +26,20 @@ TINY_RUN = ['--config=configs/default.py', '--config.model.width=4',
 # linear evaluation its summary suggests shrunk to seconds.
 PRETRAINED_RUN = [*TINY_RUN, '--config.num_epochs=2', '--config.evals.knn.every_epochs=1',
                   '--config.linear.batch_size=16', '--config.linear.num_epochs=1']
+
+
+def start_main(*args):
+  return subprocess.Popen([sys.executable, '-m', 'simsiam_jax.main', *args], cwd=REPO_ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(workdir, process, timeout=300):
+  deadline = time.time() + timeout
+  while time.time() < deadline and process.poll() is None:
+    if os.path.isdir(os.path.join(workdir, 'checkpoints')) and checkpoint_steps(workdir):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f'no checkpoint appeared; output:\n{process.communicate()[0][-3000:]}')
 
 
 def numpy_negative_cosine(p, z):

@@ -3,14 +3,19 @@
 import hashlib
 import json
 import os
+import signal
 import types
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import TINY_RUN, make_tiny_config, run_main
+from helpers import (TINY_RUN, _StopAtStep, checkpoint_steps, make_tiny_config, run_main,
+                     start_main, wait_for_checkpoint)
 from simsiam_jax import curves, evaluators, features, input_pipeline, linear_eval, sharding
+from simsiam_jax import workdir as workdir_lib
+from simsiam_jax.checkpointing import CheckpointError
+from simsiam_jax.reporting import read_scalars
 from simsiam_jax.train_state import compute_dtype
 
 
@@ -60,6 +65,66 @@ def test_linear_eval_reports_accuracy_and_leaves_the_backbone_alone(
   backbone_after = jax.device_get(evaluators.restore_backbone(config, mesh))
   jax.tree.map(np.testing.assert_array_equal, backbone_before, backbone_after)
   assert _tree_digest(os.path.join(pretrained_workdir, 'checkpoints')) == checkpoints_before
+
+
+def _linear_report(workdir):
+  with open(os.path.join(workdir, 'linear_eval.json')) as f:
+    report = json.load(f)
+  return report, read_scalars(workdir)['linear/train_loss']
+
+
+@pytest.mark.parametrize('cached_features', [True, False])
+def test_preempted_linear_eval_resumes_where_it_stopped_with_the_same_result(
+    pretrained_workdir, tmp_path, monkeypatch, cached_features):
+  """Stopped after step 6 of 8 (mid-epoch 2, after epoch 1's evaluation), resumed: the same
+  losses from step 7 on and the same evaluations, the one before the stop included."""
+  config = _linear_config(pretrained_workdir, cached_features)
+  config.linear.log_every_steps = 1
+  assert linear_eval._steps_per_epoch(config) == 4  # pylint: disable=protected-access
+  linear_eval.train_and_evaluate(config, str(tmp_path / 'uninterrupted'))
+  monkeypatch.setattr(workdir_lib, 'install_sigterm_handler', lambda: _StopAtStep(6))
+  stopped = linear_eval.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert stopped == {'mode': stopped['mode'], 'step': 6, 'total_steps': 8}
+  monkeypatch.undo()
+  linear_eval.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  expected, expected_losses = _linear_report(tmp_path / 'uninterrupted')
+  resumed, resumed_losses = _linear_report(tmp_path / 'resumed')
+  assert sorted(resumed['history']) == ['1.0', '2.0']
+  assert resumed == expected
+  assert resumed_losses == expected_losses and sorted(resumed_losses) == list(range(1, 9))
+
+
+def test_linear_eval_killed_mid_epoch_resumes_with_the_result_of_an_uninterrupted_run(
+    pretrained_workdir, tmp_path):
+  """SIGKILL (no chance to save) during the official recipe's augmented views."""
+  args = [*TINY_RUN, '--config.mode=linear_eval',
+          f'--config.pretrained_workdir={pretrained_workdir}', '--config.linear.batch_size=16',
+          '--config.linear.num_epochs=30', '--config.linear.log_every_steps=1',
+          '--config.linear.checkpoint_every_steps=3']  # 4 steps per epoch: mid-epoch saves.
+  result = run_main(*args, f'--workdir={tmp_path / "uninterrupted"}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  killed = tmp_path / 'killed'
+  process = start_main(*args, f'--workdir={killed}')
+  wait_for_checkpoint(killed, process)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  saved = checkpoint_steps(killed)
+  assert saved and saved[-1] < 120, 'the run finished before it was killed'
+  result = run_main(*args, f'--workdir={killed}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed the linear evaluation from the checkpoint of step {saved[-1]}' in result.stderr
+  assert _linear_report(killed) == _linear_report(tmp_path / 'uninterrupted')
+
+
+def test_linear_eval_refuses_to_resume_another_evaluation(pretrained_workdir, tmp_path):
+  config = _linear_config(pretrained_workdir, cached_features=True)
+  config.linear.num_epochs = 1
+  linear_eval.train_and_evaluate(config, str(tmp_path))
+  config.linear.base_lr = 0.5
+  with pytest.raises(CheckpointError, match=r'config\.linear\.base_lr: 0\.1 -> 0\.5'):
+    linear_eval.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(CheckpointError, match=r'config\.mode: pretrain -> linear_eval'):
+    linear_eval.train_and_evaluate(config, pretrained_workdir)
 
 
 def test_frozen_backbone_features_do_not_depend_on_the_rest_of_the_batch(pretrained_workdir):

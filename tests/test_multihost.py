@@ -2,7 +2,9 @@
 data shards assembled into one global batch (the same as one process's), a collective
 checkpoint, and resume."""
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -10,7 +12,9 @@ import sys
 import jax
 import numpy as np
 
-from helpers import REPO_ROOT, TINY_RUN, checkpoint_steps, make_tiny_config, restore_final_state
+from helpers import (REPO_ROOT, TINY_RUN, checkpoint_steps, make_tiny_config,
+                     restore_final_state, wait_for_checkpoint)
+from simsiam_jax import workdir as workdir_lib
 
 
 def _free_port():
@@ -19,7 +23,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run_two_processes(args):
+def _start_two_processes(args):
   port = _free_port()
   processes = []
   for process_id in range(2):
@@ -30,6 +34,11 @@ def _run_two_processes(args):
     processes.append(subprocess.Popen(
         [sys.executable, '-m', 'simsiam_jax.main', *args], cwd=REPO_ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  return processes
+
+
+def _run_two_processes(args):
+  processes = _start_two_processes(args)
   outputs = [p.communicate(timeout=600)[0] for p in processes]
   return [p.returncode for p in processes], outputs
 
@@ -57,3 +66,39 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path, pretrained_workdir)
   assert returncodes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert all('Resumed from the checkpoint of step 8' in out for out in outputs)
   assert checkpoint_steps(tmp_path)[-1] == 12
+
+
+def test_every_process_stops_when_the_workdir_is_locked(tmp_path):
+  """Process 0 takes the lock for the run; process 1 must stop with it, not wait for it."""
+  lock = workdir_lib.acquire_lock(tmp_path)  # This live test process holds the workdir.
+  try:
+    returncodes, outputs = _run_two_processes([*TINY_RUN, f'--workdir={tmp_path}'])
+  finally:
+    workdir_lib.release_lock(lock)
+  assert returncodes == [2, 2], outputs[0][-3000:] + outputs[1][-3000:]
+  errors = [[line for line in out.splitlines() if line.startswith('error:')] for out in outputs]
+  assert f'in use by process {os.getpid()}' in errors[0][0]
+  assert 'process 0 could not take the workdir lock' in errors[1][0]
+
+
+def test_two_processes_resume_a_killed_linear_evaluation(tmp_path, pretrained_workdir):
+  args = [*TINY_RUN, '--config.mode=linear_eval',
+          f'--config.pretrained_workdir={pretrained_workdir}', '--config.linear.batch_size=16',
+          '--config.linear.num_epochs=30', '--config.linear.checkpoint_every_steps=3',
+          f'--workdir={tmp_path}']
+  processes = _start_two_processes(args)
+  try:
+    wait_for_checkpoint(tmp_path, processes[0])
+  finally:
+    for process in processes:
+      process.kill()
+      process.wait()
+  saved = checkpoint_steps(tmp_path)
+  assert saved and saved[-1] < 120, 'the run finished before it was killed'
+  returncodes, outputs = _run_two_processes(args)
+  assert returncodes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  resumed = [re.search(r'Resumed the linear evaluation from the checkpoint of step (\d+)', out)
+             for out in outputs]
+  assert all(resumed) and [int(r[1]) for r in resumed] == [saved[-1]] * 2
+  with open(tmp_path / 'linear_eval.json') as f:
+    assert len(json.load(f)['history']) == 30

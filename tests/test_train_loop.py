@@ -2,31 +2,15 @@
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import (REPO_ROOT, TINY_RUN, checkpoint_steps, make_tiny_config,
-                     restore_final_state, run_main)
+from helpers import (TINY_RUN, checkpoint_steps, make_tiny_config, restore_final_state, run_main,
+                     start_main, wait_for_checkpoint)
 from simsiam_jax.reporting import read_scalars
-
-
-def start_main(*args):
-  return subprocess.Popen([sys.executable, '-m', 'simsiam_jax.main', *args], cwd=REPO_ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for_checkpoint(workdir, process, timeout=300):
-  deadline = time.time() + timeout
-  while time.time() < deadline and process.poll() is None:
-    if os.path.isdir(os.path.join(workdir, 'checkpoints')) and checkpoint_steps(workdir):
-      return
-    time.sleep(0.05)
-  raise AssertionError(f'no checkpoint appeared; output:\n{process.communicate()[0][-3000:]}')
 
 
 def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_path):
