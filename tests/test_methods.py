@@ -327,11 +327,9 @@ def test_frozen_sgd_steps_like_sgd_started_at_the_end_of_the_freeze():
                              rtol=1e-6)
 
 
-# MoCo v2's queue is split by rows over the devices and SwAV's Sinkhorn-Knopp sums over the
-# whole batch; SimCLR's negatives are the whole batch's too, which
-# test_batch_sums_span_all_eight_devices shows for its loss, and BYOL has nothing across
-# examples but BatchNorm, which test_train_step checks on SimSiam's step.
-@pytest.mark.parametrize('method', ['moco_v2', 'swav'])
+# What each method shares across the devices: SimCLR's negatives (the whole batch), MoCo v2's
+# queue (split by rows), BYOL's target BatchNorm statistics, SwAV's Sinkhorn-Knopp sums.
+@pytest.mark.parametrize('method', ['simclr', 'moco_v2', 'byol', 'swav'])
 def test_sharded_steps_equal_single_device_steps(tiny_config, eight_device_runs, method):
   """The same initial state and global batches on one device: the same losses and states (to
   float rounding: the sums over the batch are split differently)."""
