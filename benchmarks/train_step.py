@@ -1,0 +1,162 @@
+"""Times the real jitted train step of a config: images/s, FLOPs, MFU and memory per device.
+
+  python benchmarks/train_step.py --config=configs/cifar10_cpu.py \
+      [--methods=simsiam,simclr,moco_v2,byol,swav] [--rounds=7] [--warmup=2] \
+      [--config.FIELD=VALUE ...] [--json_out=FILE]
+
+For each method (default: the config's `method`) the step is the one pretraining runs
+(`train.make_train_step` on the mesh of all devices), fed random uint8 views of the
+config's batch and image size, so no data is read. Each is compiled ahead (the compile
+time is reported apart), warmed up, then timed one awaited step at a time in rounds that
+alternate the methods, so that they share whatever else the machine is doing; the figure
+is the median over the rounds. Reported per method: step time, images/s (one image = its
+two views), XLA's FLOP count of the step (cost analysis), achieved TFLOP/s, MFU against
+the device's peak (PEAK_TFLOPS, or on a CPU its float32 matmul rate measured here), and
+the step's memory per device (XLA's memory analysis).
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+# Run as a script from anywhere: the package and configs/ are beside this directory.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=wrong-import-position
+from simsiam_jax import cli, losses, methods, sharding, train
+from simsiam_jax.train_state import compute_dtype
+# pylint: enable=wrong-import-position
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Configuration whose step to time.',
+                                lock_config=True)
+flags.DEFINE_list('methods', None, 'Methods to time side by side (default: config.method).')
+flags.DEFINE_integer('rounds', 7, 'Timed steps per method (the median is reported).')
+flags.DEFINE_integer('warmup', 2, 'Untimed steps per method after compiling.')
+flags.DEFINE_integer('num_examples', 50_000,
+                     'Training-set size the schedules (and a memory bank) are built for.')
+flags.DEFINE_string('json_out', None, 'Also write the results as JSON here.')
+
+# Dense peak TFLOP/s per chip from the vendors' data sheets: (bfloat16, float32). Float32 on
+# GPUs is the non-tensor-core rate (XLA's default float32 matmuls on GPU may use TF32).
+PEAK_TFLOPS = {
+    'TPU v4': (275.0, 275.0 / 4), 'TPU v5 lite': (197.0, 197.0 / 4), 'TPU v5p': (459.0, 459.0 / 4),
+    'A100': (312.0, 19.5), 'H100': (989.0, 67.0), 'H200': (989.0, 67.0),
+}
+
+
+def measured_cpu_peak_tflops(size: int = 1024, repeats: int = 5) -> float:
+  """This CPU's float32 matmul rate through XLA (all its cores), best of `repeats`."""
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x).lower(a).compile()
+  matmul(a).block_until_ready()
+  best = min(_seconds(lambda: matmul(a).block_until_ready()) for _ in range(repeats))
+  return 2 * size**3 / best / 1e12
+
+
+def peak_tflops(device: jax.Device, dtype: str) -> tuple[float, str]:
+  """(peak TFLOP/s of one device for `dtype`, where the figure comes from)."""
+  if device.platform == 'cpu':
+    return measured_cpu_peak_tflops() / jax.device_count(), 'measured float32 matmul'
+  for kind, (bf16, fp32) in PEAK_TFLOPS.items():
+    if kind.lower() in device.device_kind.lower():
+      return (bf16 if dtype == 'bfloat16' else fp32), f'{kind} data sheet'
+  return float('nan'), f'no peak known for {device.device_kind}'
+
+
+def _seconds(fn) -> float:
+  started = time.perf_counter()
+  fn()
+  return time.perf_counter() - started
+
+
+def random_batch(config, mesh) -> dict:
+  """A global batch of random uint8 views in the pipeline's layout, sharded like one."""
+  rng = np.random.default_rng(0)
+  shape = (config.batch_size, config.data.image_size, config.data.image_size, 3)
+  batch = {f'view{v + 1}': rng.integers(0, 256, shape, np.uint8)
+           for v in range(2 * losses.num_view_pairs(config.loss_symmetry))}
+  batch['index'] = np.arange(config.batch_size, dtype=np.int32)
+  return jax.device_put(batch, sharding.batch_sharding(mesh))
+
+
+class TimedStep:
+  """One method's compiled step and the state it carries from call to call."""
+
+  def __init__(self, config, mesh, num_examples: int):
+    method = methods.get(config.method)
+    method.validate(config)
+    steps_per_epoch = max(num_examples // config.batch_size, 1)
+    self.state = method.create_train_state(
+        jax.random.key(config.seed), config, method.create_optimizer(config, steps_per_epoch),
+        mesh, num_examples)
+    self.batch = random_batch(config, mesh)
+    step = train.make_train_step(config, steps_per_epoch, mesh, self.state)
+    self.compile_seconds = _seconds(
+        lambda: setattr(self, 'step', step.lower(self.state, self.batch).compile()))
+    cost = self.step.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # A list in older jaxlibs.
+    self.flops = float((cost or {}).get('flops', float('nan')))
+    self.memory_mib = train.step_memory_mib(self.step).get('total', float('nan'))
+    self.times = []
+
+  def run(self) -> float:
+    started = time.perf_counter()
+    self.state, metrics = self.step(self.state, self.batch)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - started
+
+
+def main(argv):
+  cli.check_no_arguments(argv)
+  cli.quiet_library_logs()
+  config = FLAGS.config
+  mesh = sharding.create_mesh()
+  names = FLAGS.methods or [config.method]
+  steps = {}
+  for name in names:
+    method_config = config.copy_and_resolve_references()
+    method_config.method = name
+    steps[name] = TimedStep(method_config, mesh, FLAGS.num_examples)
+    for _ in range(FLAGS.warmup):
+      steps[name].run()
+  for _ in range(FLAGS.rounds):
+    for step in steps.values():
+      step.times.append(step.run())
+  dtype = str(jnp.dtype(compute_dtype(config)))
+  peak, peak_source = peak_tflops(jax.devices()[0], dtype)
+  results = {}
+  for name, step in steps.items():
+    seconds = statistics.median(step.times)
+    tflops = step.flops / seconds / 1e12  # XLA counts the whole program, all devices.
+    results[name] = {
+        'step_seconds': seconds, 'images_per_second': config.batch_size / seconds,
+        'compile_seconds': step.compile_seconds, 'gflop_per_step': step.flops / 1e9,
+        'tflops': tflops, 'mfu': tflops / (peak * jax.device_count()),
+        'memory_mib_per_device': step.memory_mib}
+  devices = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
+  print(f'{config.model.name} at {config.data.image_size}px, batch {config.batch_size}, '
+        f'{dtype}, on {devices}; peak {peak:.3g} TFLOP/s per device ({peak_source}); median '
+        f'of {FLAGS.rounds} steps')
+  print('| method | step (s) | images/s | GFLOP/step | TFLOP/s | MFU | memory/device (MiB) '
+        '| compile (s) |')
+  print('|---|---|---|---|---|---|---|---|')
+  for name, r in results.items():
+    print(f'| {name} | {r["step_seconds"]:.3f} | {r["images_per_second"]:.1f} | '
+          f'{r["gflop_per_step"]:.1f} | {r["tflops"]:.3f} | {r["mfu"]:.1%} | '
+          f'{r["memory_mib_per_device"]:.0f} | {r["compile_seconds"]:.1f} |')
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, 'w') as f:
+      json.dump({'devices': devices, 'peak_tflops_per_device': peak, 'peak_source': peak_source,
+                 'results': results}, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
