@@ -11,8 +11,8 @@ time is reported apart), warmed up, then timed one awaited step at a time in rou
 alternate the methods, so that they share whatever else the machine is doing; the figure
 is the median over the rounds. Reported per method: step time, images/s (one image = its
 two views), XLA's FLOP count of the step (cost analysis), achieved TFLOP/s, MFU against
-the device's peak (PEAK_TFLOPS, or on a CPU its float32 matmul rate measured here), and
-the step's memory per device (XLA's memory analysis).
+the device's peak (simsiam_jax/hardware.py: data sheets, or on a CPU its float32 matmul
+rate measured here), and the step's memory per device (XLA's memory analysis).
 """
 
 import json
@@ -30,7 +30,7 @@ from ml_collections import config_flags
 # Run as a script from anywhere: the package and configs/ are beside this directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
-from simsiam_jax import cli, losses, methods, sharding, train
+from simsiam_jax import cli, hardware, losses, methods, sharding, train
 from simsiam_jax.train_state import compute_dtype
 # pylint: enable=wrong-import-position
 
@@ -43,33 +43,6 @@ flags.DEFINE_integer('warmup', 2, 'Untimed steps per method after compiling.')
 flags.DEFINE_integer('num_examples', 50_000,
                      'Training-set size the schedules (and a memory bank) are built for.')
 flags.DEFINE_string('json_out', None, 'Also write the results as JSON here.')
-
-# Dense peak TFLOP/s per chip from the vendors' data sheets: (bfloat16, float32). Float32 on
-# GPUs is the non-tensor-core rate (XLA's default float32 matmuls on GPU may use TF32).
-PEAK_TFLOPS = {
-    'TPU v4': (275.0, 275.0 / 4), 'TPU v5 lite': (197.0, 197.0 / 4), 'TPU v5p': (459.0, 459.0 / 4),
-    'A100': (312.0, 19.5), 'H100': (989.0, 67.0), 'H200': (989.0, 67.0),
-}
-
-
-def measured_cpu_peak_tflops(size: int = 1024, repeats: int = 5) -> float:
-  """This CPU's float32 matmul rate through XLA (all its cores), best of `repeats`."""
-  a = jnp.ones((size, size), jnp.float32)
-  matmul = jax.jit(lambda x: x @ x).lower(a).compile()
-  matmul(a).block_until_ready()
-  best = min(_seconds(lambda: matmul(a).block_until_ready()) for _ in range(repeats))
-  return 2 * size**3 / best / 1e12
-
-
-def peak_tflops(device: jax.Device, dtype: str) -> tuple[float, str]:
-  """(peak TFLOP/s of one device for `dtype`, where the figure comes from)."""
-  if device.platform == 'cpu':
-    return measured_cpu_peak_tflops() / jax.device_count(), 'measured float32 matmul'
-  for kind, (bf16, fp32) in PEAK_TFLOPS.items():
-    if kind.lower() in device.device_kind.lower():
-      return (bf16 if dtype == 'bfloat16' else fp32), f'{kind} data sheet'
-  return float('nan'), f'no peak known for {device.device_kind}'
-
 
 def _seconds(fn) -> float:
   started = time.perf_counter()
@@ -131,7 +104,7 @@ def main(argv):
     for step in steps.values():
       step.times.append(step.run())
   dtype = str(jnp.dtype(compute_dtype(config)))
-  peak, peak_source = peak_tflops(jax.devices()[0], dtype)
+  peak, peak_source = hardware.peak_tflops(jax.devices()[0], dtype)
   results = {}
   for name, step in steps.items():
     seconds = statistics.median(step.times)

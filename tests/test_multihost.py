@@ -84,7 +84,7 @@ def test_every_process_stops_when_the_workdir_is_locked(tmp_path):
 def test_two_processes_resume_a_killed_linear_evaluation(tmp_path, pretrained_workdir):
   args = [*TINY_RUN, '--config.mode=linear_eval',
           f'--config.pretrained_workdir={pretrained_workdir}', '--config.linear.batch_size=16',
-          '--config.linear.num_epochs=30', '--config.linear.checkpoint_every_steps=3',
+          '--config.linear.num_epochs=20', '--config.linear.checkpoint_every_steps=3',
           f'--workdir={tmp_path}']
   processes = _start_two_processes(args)
   try:
@@ -94,11 +94,11 @@ def test_two_processes_resume_a_killed_linear_evaluation(tmp_path, pretrained_wo
       process.kill()
       process.wait()
   saved = checkpoint_steps(tmp_path)
-  assert saved and saved[-1] < 120, 'the run finished before it was killed'
+  assert saved and saved[-1] < 80, 'the run finished before it was killed'
   returncodes, outputs = _run_two_processes(args)
   assert returncodes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   resumed = [re.search(r'Resumed the linear evaluation from the checkpoint of step (\d+)', out)
              for out in outputs]
   assert all(resumed) and [int(r[1]) for r in resumed] == [saved[-1]] * 2
-  with open(tmp_path / 'linear_eval.json') as f:
-    assert len(json.load(f)['history']) == 30
+  with open(tmp_path / 'linear_eval.json') as f:  # configs/default.py: every 10 epochs.
+    assert sorted(json.load(f)['history']) == ['10.0', '20.0']
