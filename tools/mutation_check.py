@@ -149,6 +149,20 @@ MUTANTS = (
            'codes1, codes2 = (jax.lax.stop_gradient(losses.sinkhorn(',
            'codes1, codes2 = ((lambda x: x)(losses.sinkhorn(',
            (f'{METHODS_TESTS}::test_swav_codes_are_targets_without_gradient',)),
+    # Linear evaluation's resume and the multi-host lock.
+    Mutant('linear_eval_resumes_with_the_first_batches', 'simsiam_jax/linear_eval.py',
+           'create_linear_train_iterator(config, start_step=start_step)',
+           'create_linear_train_iterator(config, start_step=0)',
+           ('tests/test_evaluation.py::test_preempted_linear_eval_resumes_where_it_stopped_with_'
+            'the_same_result',)),
+    Mutant('linear_eval_forgets_earlier_evaluations', 'simsiam_jax/linear_eval.py',
+           "(restored[0]['classifier'], np.array(restored[0]['evaluations']))",
+           "(restored[0]['classifier'], evaluations)",
+           ('tests/test_evaluation.py::test_preempted_linear_eval_resumes_where_it_stopped_with_'
+            'the_same_result',)),
+    Mutant('lock_failure_kept_by_process_0', 'simsiam_jax/workdir.py',
+           'if jax.process_count() > 1:\n    taken', 'if False:\n    taken',
+           ('tests/test_multihost.py::test_every_process_stops_when_the_workdir_is_locked',)),
 )
 
 
