@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +41,18 @@ def wait_for_checkpoint(workdir, process, timeout=300):
       return
     time.sleep(0.05)
   raise AssertionError(f'no checkpoint appeared; output:\n{process.communicate()[0][-3000:]}')
+
+
+def kill_after_a_checkpoint(args, workdir, total_steps: int) -> int:
+  """Runs main with `args` until a checkpoint is in `workdir`, SIGKILLs it (no chance to
+  save) and returns the newest saved step, checked to be before `total_steps`."""
+  process = start_main(*args, f'--workdir={workdir}')
+  wait_for_checkpoint(workdir, process)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  saved = checkpoint_steps(workdir)
+  assert saved and saved[-1] < total_steps, 'the run finished before it was killed'
+  return saved[-1]
 
 
 def numpy_negative_cosine(p, z):

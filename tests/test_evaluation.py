@@ -4,15 +4,14 @@ import hashlib
 import json
 import os
 import re
-import signal
 import types
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import (TINY_RUN, _StopAtStep, checkpoint_steps, make_tiny_config, run_main,
-                     start_main, wait_for_checkpoint)
+from helpers import (TINY_RUN, _StopAtStep, kill_after_a_checkpoint, make_tiny_config,
+                     run_main)
 from simsiam_jax import curves, evaluators, features, input_pipeline, linear_eval, sharding
 from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.checkpointing import CheckpointError
@@ -110,15 +109,10 @@ def test_linear_eval_killed_mid_epoch_resumes_with_the_result_of_an_uninterrupte
       ('linear.log_every_steps', 1), ('linear.checkpoint_every_steps', 3)))]
   linear_eval.train_and_evaluate(config, str(tmp_path / 'uninterrupted'))
   killed = tmp_path / 'killed'
-  process = start_main(*args, f'--workdir={killed}')
-  wait_for_checkpoint(killed, process)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  saved = checkpoint_steps(killed)
-  assert saved and saved[-1] < 80, 'the run finished before it was killed'
+  saved = kill_after_a_checkpoint(args, killed, total_steps=80)
   result = run_main(*args, f'--workdir={killed}')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f'Resumed the linear evaluation from the checkpoint of step {saved[-1]}' in result.stderr
+  assert f'Resumed the linear evaluation from the checkpoint of step {saved}' in result.stderr
   assert _linear_report(killed) == _linear_report(tmp_path / 'uninterrupted')
 
 

@@ -37,9 +37,16 @@ def _start_two_processes(args):
   return processes
 
 
-def _run_two_processes(args):
+def _run_two_processes(args, timeout=600):
   processes = _start_two_processes(args)
-  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  try:
+    outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+  except subprocess.TimeoutExpired:
+    for p in processes:
+      p.kill()
+    outputs = [p.communicate()[0] for p in processes]
+    raise AssertionError(f'still running after {timeout} s:\n' + '\n'.join(
+        out[-2000:] for out in outputs)) from None
   return [p.returncode for p in processes], outputs
 
 
@@ -72,7 +79,9 @@ def test_every_process_stops_when_the_workdir_is_locked(tmp_path):
   """Process 0 takes the lock for the run; process 1 must stop with it, not wait for it."""
   lock = workdir_lib.acquire_lock(tmp_path)  # This live test process holds the workdir.
   try:
-    returncodes, outputs = _run_two_processes([*TINY_RUN, f'--workdir={tmp_path}'])
+    # A process left waiting for process 0 would hang until the timeout.
+    returncodes, outputs = _run_two_processes([*TINY_RUN, f'--workdir={tmp_path}'],
+                                              timeout=180)
   finally:
     workdir_lib.release_lock(lock)
   assert returncodes == [2, 2], outputs[0][-3000:] + outputs[1][-3000:]

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import (TINY_RUN, checkpoint_steps, make_tiny_config, restore_final_state, run_main,
-                     start_main, wait_for_checkpoint)
+from helpers import (TINY_RUN, checkpoint_steps, kill_after_a_checkpoint, make_tiny_config,
+                     restore_final_state, run_main, start_main)
 from simsiam_jax.reporting import read_scalars
 
 
@@ -22,16 +22,10 @@ def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_pa
   assert sorted(reference_losses) == list(range(1, 81))
 
   interrupted = tmp_path / 'interrupted'
-  process = start_main(*args, f'--workdir={interrupted}')
-  wait_for_checkpoint(interrupted, process)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  steps_at_kill = checkpoint_steps(interrupted)
-  assert steps_at_kill and steps_at_kill[-1] < 80, 'the run finished before it was killed'
+  resumed_from = kill_after_a_checkpoint(args, interrupted, total_steps=80)
 
   result = run_main(*args, f'--workdir={interrupted}')
   assert result.returncode == 0, result.stderr[-3000:]
-  resumed_from = steps_at_kill[-1]
   assert f'Resumed from the checkpoint of step {resumed_from}' in result.stderr
   resumed_losses = read_scalars(interrupted)['loss']
   assert max(resumed_losses) == 80
