@@ -75,3 +75,13 @@ def test_closing_summary_names_the_method_and_only_simsiam_has_a_loss_minimum(
   assert summary.splitlines()[0] == f'== {title} pretraining of {tmp_path} =='
   assert ('final loss    1.5000 (-1 is the minimum)' in summary) == minimum
   assert f'--config.method={method} --config.mode=knn' in summary
+
+
+def test_closing_summary_of_a_preempted_linear_evaluation_says_how_to_resume(tiny_config,
+                                                                             tmp_path):
+  tiny_config.mode = 'linear_eval'
+  result = {'mode': 'augmented views', 'step': 3, 'total_steps': 8}
+  summary = reporting.closing_summary(tiny_config, str(tmp_path), result, 12.0,
+                                      'configs/default.py', [])
+  assert 'stopped at 3 of 8; rerun the same command to resume' in summary
+  assert 'linear top-1' not in summary
