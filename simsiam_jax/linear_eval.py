@@ -135,7 +135,8 @@ def augmented_feature_batches(config: ml_collections.ConfigDict, feature_fn, bac
   return (feature_fn(backbone, batch) for batch in images)
 
 
-# What a linear evaluation's checkpoints depend on: resuming with other values is refused.
+# Linear fields that change only the logging and the saving, not the result: a resumed run
+# may change them.
 _PROGRESS_ONLY_FIELDS = ('linear.log_every_steps', 'linear.checkpoint_every_steps')
 
 
