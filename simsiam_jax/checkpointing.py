@@ -14,12 +14,9 @@ The loop this module is written for:
     ...
     for step in range(first_step, num_steps + 1):
       state, metrics = train_step(state, batch)
-      stop = preemption.requested or ckpt.reached_preemption(step)
-      if stop or step == num_steps or ckpt.should_save(step):
-        check_finite(step, metrics)  # Never replace the last good checkpoint by a bad one.
-        ckpt.save(step, state, config, force=True)
-      if stop:
-        break
+      if ckpt.save_when_due(step, state, config, metrics=metrics, last_step=num_steps,
+                            preemption=preemption):
+        break  # Preempted, and saved.
 
 `preemption.requested` is per host: a pod must not act on it alone (a save is collective),
 so multi-host runs rely on `ckpt.reached_preemption(step)`, JAX's preemption sync point on
@@ -122,6 +119,22 @@ class Checkpointer:
     args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
                                  CONFIG: ocp.args.JsonSave(_config_to_json(config))})
     return self._manager.save(step, args=args, force=True)
+
+  def save_when_due(self, step: int, state: Any, config: ml_collections.ConfigDict, *,
+                    metrics: Any, last_step: int, preemption) -> bool:
+    """The loop's save after `step`: at the last step, every `save_every_steps`, and when
+    preempted (`preemption.requested`, a workdir.PreemptionFlag, or JAX's sync point).
+
+    Non-finite `metrics` raise NonFiniteLossError instead, so the last good checkpoint is
+    never replaced by one of a diverged run. Returns whether the loop must stop (preempted).
+    """
+    stop = preemption.requested or self.reached_preemption(step)
+    if stop or step == last_step or self.should_save(step):
+      check_finite(step, metrics)
+      self.save(step, state, config, force=True)
+    if stop:
+      logging.warning('Preempted: saved step %d; rerun the same command to resume.', step)
+    return stop
 
   def restore(self, target: Any) -> tuple[Any, int] | None:
     """Restores the newest readable checkpoint into the structure and shardings of `target`.

@@ -187,11 +187,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Row i: top-1, top-5 and the number of images of the evaluation at evaluation_steps[i],
     # NaN until it has run; checkpointed with the classifier, so a resumed run reports them.
     evaluations = np.full((len(evaluation_steps), 3), np.nan)
+    evaluation_rows = {step: row for row, step in enumerate(evaluation_steps)}
     start_step = 0
     restored = ckpt.restore({'classifier': state, 'evaluations': evaluations})
     if restored is not None:
-      (state, evaluations), start_step = (
-          (restored[0]['classifier'], np.array(restored[0]['evaluations'])), restored[1])
+      saved, start_step = restored
+      state, evaluations = saved['classifier'], np.array(saved['evaluations'])
       logging.info('Resumed the linear evaluation from the checkpoint of step %d in %s.',
                    start_step, workdir)
     make_batches = cached_feature_batches if config.linear.cached_features else (
@@ -225,21 +226,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info('linear eval (%s) step %d/%d loss %.4f | %.2f steps/s, ETA %.0fs', mode,
                      step, total_steps, loss, rate, (total_steps - step) / rate)
         writer.write_scalars(step, {'linear/train_loss': loss})
-      if step in evaluation_steps:
+      if step in evaluation_rows:
         metrics = evaluate(state, eval_features())
-        evaluations[evaluation_steps.index(step)] = [
+        evaluations[evaluation_rows[step]] = [
             metrics['top1'], metrics['top5'], metrics['num_examples']]
         logging.info('Linear evaluation (%s) at epoch %g: top-1 %.2f%%, top-5 %.2f%% on %d '
                      'images of %s.', mode, step / steps_per_epoch, metrics['top1'],
                      metrics['top5'], metrics['num_examples'], config.data.eval_split)
         writer.write_scalars(step, {'linear/top1': metrics['top1'],
                                     'linear/top5': metrics['top5']})
-      stop = preemption.requested or ckpt.reached_preemption(step)
-      if stop or step == total_steps or ckpt.should_save(step):
-        checkpointing.check_finite(step, loss)
-        ckpt.save(step, {'classifier': state, 'evaluations': evaluations}, config, force=True)
-      if stop:
-        logging.warning('Preempted: saved step %d; rerun the same command to resume.', step)
+      if ckpt.save_when_due(step, {'classifier': state, 'evaluations': evaluations}, config,
+                            metrics=loss, last_step=total_steps, preemption=preemption):
         writer.flush()
         return {'mode': mode, 'step': step, 'total_steps': total_steps}
     writer.flush()

@@ -123,13 +123,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       summary['step'] = step
       if step % config.log_every_steps == 0 or step == total_steps:
         summary.update(reporter.report())
-      stop = preemption.requested or ckpt.reached_preemption(step)
-      if stop or step == total_steps or ckpt.should_save(step):
-        # Never replace the last good checkpoint by one of a diverged run.
-        checkpointing.check_finite(step, metrics)
-        ckpt.save(step, state, config, force=True)
-      if stop:
-        logging.warning('Preempted: saved step %d; rerun the same command to resume.', step)
+      if ckpt.save_when_due(step, state, config, metrics=metrics, last_step=total_steps,
+                            preemption=preemption):
         break
       evaluate(step)
     writer.flush()

@@ -156,8 +156,8 @@ MUTANTS = (
            ('tests/test_evaluation.py::test_preempted_linear_eval_resumes_where_it_stopped_with_'
             'the_same_result',)),
     Mutant('linear_eval_forgets_earlier_evaluations', 'simsiam_jax/linear_eval.py',
-           "(restored[0]['classifier'], np.array(restored[0]['evaluations']))",
-           "(restored[0]['classifier'], evaluations)",
+           "saved['classifier'], np.array(saved['evaluations'])",
+           "saved['classifier'], evaluations",
            ('tests/test_evaluation.py::test_preempted_linear_eval_resumes_where_it_stopped_with_'
             'the_same_result',)),
     Mutant('lock_failure_kept_by_process_0', 'simsiam_jax/workdir.py',
