@@ -13,6 +13,11 @@ is the median over the rounds. Reported per method: step time, images/s (one ima
 two views), XLA's FLOP count of the step (cost analysis), achieved TFLOP/s, MFU against
 the device's peak (simsiam_jax/hardware.py: data sheets, or on a CPU its float32 matmul
 rate measured here), and the step's memory per device (XLA's memory analysis).
+
+Where torch is installed and the config is SimSiam in float32 on a CPU host, the official
+PyTorch step (benchmarks/torch_step.py) on the same shapes takes part in the same rounds
+beside the simsiam step, and the JAX/PyTorch ratio of their medians is printed; otherwise
+the reason it is left out.
 """
 
 import json
@@ -32,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 from simsiam_jax import cli, hardware, losses, methods, sharding, train
 from simsiam_jax.train_state import compute_dtype
+from benchmarks import torch_step
 # pylint: enable=wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -43,6 +49,7 @@ flags.DEFINE_integer('warmup', 2, 'Untimed steps per method after compiling.')
 flags.DEFINE_integer('num_examples', 50_000,
                      'Training-set size the schedules (and a memory bank) are built for.')
 flags.DEFINE_string('json_out', None, 'Also write the results as JSON here.')
+flags.DEFINE_bool('torch', True, 'Also time the official PyTorch step where it applies.')
 
 
 def random_batch(config, mesh) -> dict:
@@ -59,6 +66,7 @@ class TimedStep:
   """One method's compiled step and the state it carries from call to call."""
 
   def __init__(self, config, mesh, num_examples: int):
+    self.config = config
     method = methods.get(config.method)
     method.validate(config)
     steps_per_epoch = max(num_examples // config.batch_size, 1)
@@ -94,10 +102,20 @@ def main(argv):
     method_config = config.copy_and_resolve_references()
     method_config.method = name
     steps[name] = TimedStep(method_config, mesh, FLAGS.num_examples)
+  if not FLAGS.torch:
+    torch_reason = 'not asked for (--notorch)'
+  elif 'simsiam' not in steps:
+    torch_reason = 'it is compared with the simsiam step, which is not timed here'
+  else:
+    torch_reason = torch_step.unsupported_reason(steps['simsiam'].config,
+                                                 jax.devices()[0].platform)
+  torch_official = torch_step.TorchStep(steps['simsiam'].config) if torch_reason is None else None
+  timed = [*steps.values(), *([torch_official] if torch_official else [])]
+  for step in timed:
     for _ in range(FLAGS.warmup):
-      steps[name].run()
+      step.run()
   for _ in range(FLAGS.rounds):
-    for step in steps.values():
+    for step in timed:
       step.times.append(step.run())
   dtype = str(jnp.dtype(compute_dtype(config)))
   peak, peak_source = hardware.peak_tflops(jax.devices()[0], dtype)
@@ -121,10 +139,21 @@ def main(argv):
     print(f'| {name} | {r["step_seconds"]:.3f} | {r["images_per_second"]:.1f} | '
           f'{r["gflop_per_step"]:.1f} | {r["tflops"]:.3f} | {r["mfu"]:.1%} | '
           f'{r["memory_mib_per_device"]:.0f} | {r["compile_seconds"]:.1f} |')
+  report = {'devices': devices, 'peak_tflops_per_device': peak, 'peak_source': peak_source,
+            'xla_flags': os.environ.get('XLA_FLAGS', ''), 'results': results}
+  if torch_official:
+    torch_seconds = statistics.median(torch_official.times)
+    report['pytorch'] = {'step_seconds': torch_seconds, 'threads': torch_official.threads,
+                         'jax_over_pytorch': results['simsiam']['step_seconds'] / torch_seconds}
+    print(f'| pytorch (official, {torch_official.threads} threads) | {torch_seconds:.3f} | '
+          f'{config.batch_size / torch_seconds:.1f} | | | | | |')
+    print(f'JAX/PyTorch step time (simsiam): {report["pytorch"]["jax_over_pytorch"]:.2f}x')
+  else:
+    print(f'PyTorch step not timed: {torch_reason}.')
+  print(f'XLA_FLAGS: {report["xla_flags"] or "(none)"}')
   if FLAGS.json_out:
     with open(FLAGS.json_out, 'w') as f:
-      json.dump({'devices': devices, 'peak_tflops_per_device': peak, 'peak_source': peak_source,
-                 'results': results}, f, indent=2)
+      json.dump(report, f, indent=2)
 
 
 if __name__ == '__main__':

@@ -3,6 +3,11 @@
 import contextlib
 import os
 
+from simsiam_jax import xla_flags
+
+# Before JAX's backend can start: XLA reads XLA_FLAGS once (see xla_flags.py).
+xla_flags.apply_cpu_defaults()
+
 
 @contextlib.contextmanager
 def _native_stderr_silenced():

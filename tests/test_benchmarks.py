@@ -9,14 +9,15 @@ import pytest
 
 from helpers import REPO_ROOT, TINY_RUN
 
-from simsiam_jax import hardware
+from benchmarks import torch_step, xla_cpu_variants
+from simsiam_jax import hardware, xla_flags
 
 
-def test_train_step_benchmark_reports_the_step_of_a_method(tmp_path):
+def test_train_step_benchmark_reports_the_steps_and_the_official_pytorch_step(tmp_path):
   out = tmp_path / 'steps.json'
   config_flags = [f for f in TINY_RUN if f.startswith('--config')]
   result = subprocess.run(
-      [sys.executable, 'benchmarks/train_step.py', *config_flags, '--methods=simclr',
+      [sys.executable, 'benchmarks/train_step.py', *config_flags, '--methods=simclr,simsiam',
        '--rounds=2', '--warmup=1', '--num_examples=64', f'--json_out={out}'],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -24,12 +25,28 @@ def test_train_step_benchmark_reports_the_step_of_a_method(tmp_path):
     report = json.load(f)
   assert report['devices'] == '8 x cpu'  # The batch is sharded over the test's mesh.
   assert report['peak_source'] == 'measured float32 matmul' and report['peak_tflops_per_device'] > 0
-  assert list(report['results']) == ['simclr']
+  assert list(report['results']) == ['simclr', 'simsiam']
   for figures in report['results'].values():
     assert figures['images_per_second'] == pytest.approx(16 / figures['step_seconds'])
     assert figures['gflop_per_step'] > 0 and figures['memory_mib_per_device'] > 0
     assert 0 < figures['mfu'] < 1
-  assert '| simclr |' in result.stdout
+  torch_figures = report['pytorch']
+  assert torch_figures['step_seconds'] > 0 and torch_figures['threads'] >= 1
+  assert torch_figures['jax_over_pytorch'] == pytest.approx(
+      report['results']['simsiam']['step_seconds'] / torch_figures['step_seconds'])
+  assert '| simclr |' in result.stdout and '| pytorch (official' in result.stdout
+  assert '--xla_cpu_experimental_ynn_fusion_type=' in report['xla_flags']
+
+
+def test_the_official_step_is_left_out_where_it_cannot_stand_for_ours(tiny_config):
+  assert torch_step.unsupported_reason(tiny_config, 'cpu') is None
+  assert 'CPU hosts only' in torch_step.unsupported_reason(tiny_config, 'gpu')
+  tiny_config.half_precision = True
+  assert 'float32' in torch_step.unsupported_reason(tiny_config, 'cpu')
+
+
+def test_the_project_variant_of_the_flag_study_is_the_project_default():
+  assert xla_cpu_variants.VARIANTS['project'][0] == ' '.join(xla_flags.CPU_DEFAULTS)
 
 
 @pytest.mark.parametrize('kind,dtype,expected', [('NVIDIA H100 80GB HBM3', 'bfloat16', 989.0),

@@ -1,6 +1,6 @@
 """The official PyTorch code that the parity tests compare against, transcribed.
 
-- `ResNet`, `BasicBlock`, `Bottleneck`, `resnet18/50`: torchvision/models/resnet.py (same
+- `ResNet`, `BasicBlock`, `Bottleneck`, `RESNETS`, `resnet18/50`: torchvision/models/resnet.py (same
   module and key names, same initialisation), plus two switches torchvision lacks and the
   tests need: `width` (64 is torchvision's; smaller for fast tests) and `cifar_stem` (a 3x3
   stride-1 conv1 and no max-pool, the usual CIFAR variant). With width=64 and
@@ -129,12 +129,18 @@ class ResNet(nn.Module):
     return self.fc(x)
 
 
+# torchvision's depths, by the names the project's configs use.
+RESNETS = {'resnet18': (BasicBlock, [2, 2, 2, 2]), 'resnet34': (BasicBlock, [3, 4, 6, 3]),
+           'resnet50': (Bottleneck, [3, 4, 6, 3]), 'resnet101': (Bottleneck, [3, 4, 23, 3]),
+           'resnet152': (Bottleneck, [3, 8, 36, 3])}
+
+
 def resnet18(**kwargs):
-  return ResNet(BasicBlock, [2, 2, 2, 2], **kwargs)
+  return ResNet(*RESNETS['resnet18'], **kwargs)
 
 
 def resnet50(**kwargs):
-  return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
+  return ResNet(*RESNETS['resnet50'], **kwargs)
 
 
 class SimSiam(nn.Module):
