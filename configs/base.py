@@ -208,6 +208,19 @@ def get_swav_config() -> ml_collections.ConfigDict:
   return swav
 
 
+def get_pod_plan_config() -> ml_collections.ConfigDict:
+  pod_plan = ml_collections.ConfigDict()
+  # Comma-separated Cloud TPU slice names; v4-N and v5p-N count TensorCores (2 per chip),
+  # v5e-N chips.
+  pod_plan.slices = 'v4-8,v4-32,v5e-64'
+  # The share of the chip's peak FLOP/s the compute is assumed to reach: flax's
+  # examples/imagenet ResNet-50 reaches about 40% on TPU.
+  pod_plan.assumed_mfu = 0.4
+  # Training-set size the schedules (and a memory bank) are built for: ImageNet's.
+  pod_plan.num_examples = 1_281_167
+  return pod_plan
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # 'pretrain', 'linear_eval' (needs pretrained_workdir) or 'knn' (kNN of a checkpoint).
@@ -251,4 +264,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   # A warning once z-std stays below this fraction of 1/sqrt(dim) for a whole log window.
   config.collapse_warning_fraction = 0.2
+
+  # True: no training; compile the train step for the TPU slices of pod_plan on fake CPU
+  # devices and print their per-chip memory, FLOPs, collectives and estimated step time
+  # (simsiam_jax/pod_plan.py).
+  config.dry_run = False
+  config.pod_plan = get_pod_plan_config()
   return config

@@ -176,6 +176,10 @@ MODES = ('pretrain', 'linear_eval', 'knn')
 
 def validate_mode(config: ml_collections.ConfigDict):
   require(config.mode in MODES, 'config.mode', config.mode, f'choose one of {", ".join(MODES)}')
+  require(isinstance(config.dry_run, bool), 'config.dry_run', config.dry_run,
+          'must be True or False')
+  require(not config.dry_run or config.mode == 'pretrain', 'config.dry_run', config.dry_run,
+          f'plans pretraining; it cannot be combined with config.mode={config.mode!r}')
   if config.mode != 'pretrain':
     require(bool(config.pretrained_workdir), 'config.pretrained_workdir',
             config.pretrained_workdir, f'is required when config.mode={config.mode!r}')

@@ -2,7 +2,8 @@
 
 Parses flags and hands over to the `train_and_evaluate` of the config's mode (modes.py):
 pretraining (`train`), linear evaluation (`linear_eval`) or kNN of a checkpoint
-(`evaluators`).
+(`evaluators`); with --config.dry_run=True, the compile-only plan of pretraining on TPU
+slices (`pod_plan`).
 Mistakes in the config, the flags, the data or the checkpoints end as one `error:` line on
 stderr and exit status 2; a diverged run (NaN/inf loss) ends the same way with status 1.
 """
@@ -15,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import cli, modes, reporting
+from simsiam_jax import cli, config_validation, modes, pod_plan, reporting
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for summaries and checkpoints.')
@@ -42,7 +43,11 @@ def main(argv):
     cli.check_no_arguments(argv)
     if FLAGS.config is None:
       raise app.UsageError('--config is required, e.g. --config=configs/default.py')
-    if FLAGS.distributed:
+    if FLAGS.config.dry_run:
+      # Before anything starts JAX's backend: the plan's fake devices.
+      config_validation.validate_mode(FLAGS.config)
+      pod_plan.use_fake_devices(FLAGS.config.pod_plan)
+    elif FLAGS.distributed:
       initialize_distributed()
     logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                  jax.process_count(), jax.local_devices())

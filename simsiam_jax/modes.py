@@ -3,12 +3,14 @@ so that tests can run a mode in-process."""
 
 import ml_collections
 
-from simsiam_jax import config_validation, evaluators, linear_eval, train
+from simsiam_jax import config_validation, evaluators, linear_eval, pod_plan, train
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):
   """Runs the `train_and_evaluate` of config.mode; returns what it returns."""
   config_validation.validate_mode(config)
+  if config.dry_run:
+    return pod_plan.run(config, workdir)
   run_fn = {'pretrain': train.train_and_evaluate,
             'linear_eval': linear_eval.train_and_evaluate,
             'knn': evaluators.evaluate_checkpoint}[config.mode]

@@ -135,7 +135,10 @@ def closing_summary(config: ml_collections.ConfigDict, workdir: str, result: dic
   overrides = [o for o in overrides
                if not o.startswith(('--config.mode=', '--config.pretrained_workdir='))]
   rows = [('wall time', format_duration(seconds))]
-  if config.mode == 'pretrain':
+  if config.dry_run:
+    rows += [('plan', f'{len(result["rows"])} TPU slices compiled; nothing was trained'),
+             ('results', result['path'])]
+  elif config.mode == 'pretrain':
     step, total = result['step'], result['total_steps']
     status = 'finished' if step == total else 'stopped early; rerun the same command to resume'
     rows.append(('steps', f'{result["start_step"] + 1}-{step} of {total} ({status})'
