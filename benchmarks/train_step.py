@@ -50,6 +50,9 @@ flags.DEFINE_integer('num_examples', 50_000,
                      'Training-set size the schedules (and a memory bank) are built for.')
 flags.DEFINE_string('json_out', None, 'Also write the results as JSON here.')
 flags.DEFINE_bool('torch', True, 'Also time the official PyTorch step where it applies.')
+flags.DEFINE_float('pause_seconds', 1.0,
+                   'Idle time before each timed step, for the thread pools the previous '
+                   'step left spinning (XLA, YNNPACK, OpenMP) to go to sleep.')
 
 
 def random_batch(config, mesh) -> dict:
@@ -116,6 +119,7 @@ def main(argv):
       step.run()
   for _ in range(FLAGS.rounds):
     for step in timed:
+      time.sleep(FLAGS.pause_seconds)
       step.times.append(step.run())
   dtype = str(jnp.dtype(compute_dtype(config)))
   peak, peak_source = hardware.peak_tflops(jax.devices()[0], dtype)

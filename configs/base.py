@@ -145,6 +145,10 @@ def get_linear_config() -> ml_collections.ConfigDict:
   # end; linear_eval.json reports the last and the best, as main_lincls.py's best_acc1.
   linear.eval_every_epochs = 1
   linear.crop_scale = (0.08, 1.0)
+  # Precision of the frozen backbone's forward pass: 'float32' (main_lincls.py's) whatever
+  # half_precision pretrained with, or 'bfloat16' (faster on TPU/GPU; the classifier, its
+  # loss and the features it reads stay float32 either way).
+  linear.feature_dtype = 'float32'
   linear.log_every_steps = 50
   # Also saved at the end and when preempted (SIGTERM); a rerun resumes from the last one.
   linear.checkpoint_every_steps = 1000

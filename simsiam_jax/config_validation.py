@@ -171,6 +171,7 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
   _require_valid_evals(config)
 
 
+FEATURE_DTYPES = ('float32', 'bfloat16')
 MODES = ('pretrain', 'linear_eval', 'knn')
 
 
@@ -199,5 +200,6 @@ def validate_linear_config(config: ml_collections.ConfigDict, *, device_count: i
   require_momentum(config, 'linear.momentum')
   require_in(config, 'linear.weight_decay', 0, float('inf'))
   _require_range(config, 'linear.crop_scale', high=1)
+  require_choice(config, 'linear.feature_dtype', FEATURE_DTYPES)
   for batch_field in ('batch_size', 'linear.batch_size'):
     _require_divisible(config, batch_field, device_count, process_count)

@@ -28,7 +28,6 @@ from jax.sharding import Mesh
 from simsiam_jax import checkpointing, config_validation, evaluators, features, input_pipeline
 from simsiam_jax import optimizer, reporting, sharding
 from simsiam_jax import workdir as workdir_lib
-from simsiam_jax.train_state import compute_dtype
 
 
 class LinearClassifier(nn.Module):
@@ -174,10 +173,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with checkpointing.Checkpointer(workdir, max_to_keep=1,
                                   save_every_steps=config.linear.checkpoint_every_steps) as ckpt:
     backbone = evaluators.restore_backbone(config, mesh)
-    feature_fn = features.make_feature_fn(config.model, config.data, compute_dtype(config),
-                                          mesh)
+    feature_dtype = jnp.dtype(config.linear.feature_dtype)
+    feature_fn = features.make_feature_fn(config.model, config.data, feature_dtype, mesh)
     classifier = LinearClassifier(input_pipeline.num_classes(config))
-    feature_dim = features.create_backbone(config.model, compute_dtype(config)).feature_dim
+    feature_dim = features.create_backbone(config.model, feature_dtype).feature_dim
     params = classifier.init(jax.random.key(config.seed),
                              jnp.zeros((1, feature_dim)))['params']
     state = jax.device_put(

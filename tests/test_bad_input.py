@@ -161,6 +161,7 @@ BAD_FIELD_VALUES = [
     ('collapse_warning_fraction', 2.0), ('linear.crop_scale', (1.0, 0.08)),
     ('linear.lr_schedule', 'step'), ('linear.momentum', -0.1), ('linear.weight_decay', -1.0),
     ('linear.eval_every_epochs', -1), ('linear.checkpoint_every_steps', 0),
+    ('linear.feature_dtype', 'float16'),
 ]
 # Method fields (methods/simsiam.py validate), alone or with the settings they conflict with.
 BAD_METHOD_VALUES = [

@@ -6,6 +6,7 @@ import pytest
 
 from helpers import run_main
 
+from configs import imagenet
 from simsiam_jax import pod_plan
 from simsiam_jax.config_validation import ConfigError
 
@@ -50,7 +51,7 @@ def test_collectives_and_their_bytes_are_read_from_compiled_hlo():
   hlo = '\n'.join([
       '  %all-reduce.1 = f32[3,3,64,64]{3,2,1,0} all-reduce(f32[3,3,64,64]{3,2,1,0} %g), '
       'replica_groups={}, to_apply=%add',
-      '  %ar = (f32[10]{0}, bf16[4,2]{1,0}) all-reduce(%a, %b), to_apply=%add',
+      '  %ar = (f32[10]{0}, /*index=1*/bf16[4,2]{1,0}) all-reduce(%a, %b), to_apply=%add',
       '  %ag = f32[16,8]{1,0} all-gather-start(f32[2,8]{1,0} %x), dimensions={0}',
       '  %add.3 = f32[10]{0} add(f32[10]{0} %a, f32[10]{0} %b)',
   ])
@@ -77,3 +78,12 @@ def test_a_dry_run_of_an_evaluation_mode_is_refused(tmp_path):
                     f'--config.pretrained_workdir={tmp_path}')
   assert result.returncode == 2
   assert 'error: config.dry_run' in result.stderr
+
+
+@pytest.mark.parametrize('field,value', [('assumed_mfu', 1.5), ('num_examples', 0),
+                                         ('slices', ' , ')])
+def test_bad_plan_settings_are_refused_before_compiling(tmp_path, field, value):
+  config = imagenet.get_config()
+  config.pod_plan[field] = value
+  with pytest.raises(ConfigError, match='config.pod_plan'):
+    pod_plan.run(config, str(tmp_path))

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import helpers
 from simsiam_jax import optimizer, sharding
@@ -102,3 +103,45 @@ def test_half_precision_convolves_in_bfloat16_and_keeps_float32_parameters(tiny_
   kept = jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
   assert {x.dtype for x in kept if jnp.issubdtype(x.dtype, jnp.floating)} == {np.dtype('float32')}
   assert history[0]['loss'].dtype == np.float32 and np.isfinite(history[0]['loss'])
+  # The heads compute in float32 from the bfloat16 backbone features: z (the target) and p.
+  images = jnp.zeros((2, 16, 16, 3), jnp.bfloat16)
+  outputs = simsiam.create_train_state(jax.random.key(0), tiny_config, optax.sgd(0.1),
+                                       sharding.create_mesh(jax.devices()[:1]), 64).apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats}, images, images, train=False)
+  assert {name: x.dtype for name, x in outputs.items()} == dict.fromkeys(
+      ('z1', 'z2', 'p1', 'p2'), jnp.float32)
+
+
+def _noisy_view_pairs(config, step):
+  """Two noisy copies of the same random images (4 sets, cycled): views a SimSiam network
+  can learn to match, so that its loss falls within a few dozen steps."""
+  rng = np.random.default_rng(step % 4)
+  shape = (config.batch_size, config.data.image_size, config.data.image_size, 3)
+  images = rng.integers(0, 256, shape).astype(np.int16)
+  return {f'view{v}': np.clip(images + rng.integers(-40, 41, shape), 0, 255).astype(np.uint8)
+          for v in (1, 2)}
+
+
+def _losses(config, num_steps):
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  state, step_fn = helpers.state_and_step(config, mesh, STEPS_PER_EPOCH)
+  losses = []
+  for i in range(num_steps):
+    state, metrics = step_fn(state, jax.device_put(_noisy_view_pairs(config, i),
+                                                   sharding.batch_sharding(mesh)))
+    losses.append(float(metrics['loss']))
+  return np.array(losses)
+
+
+def test_bfloat16_trains_as_float32_does(tiny_config):
+  """half_precision (bfloat16 backbone; float32 parameters, optimizer state, BN statistics,
+  heads and loss): the same loss at step 0 to 0.005, and over 50 steps, while the loss falls
+  from about -0.04 to -0.5, the two curves stay within 0.06 of each other (measured: 0.0006
+  at step 0, at most 0.03)."""
+  tiny_config.optim.base_lr = 0.5
+  float32 = _losses(tiny_config, 50)
+  tiny_config.half_precision = True
+  bfloat16 = _losses(tiny_config, 50)
+  assert abs(bfloat16[0] - float32[0]) < 0.005
+  assert np.abs(bfloat16 - float32).max() < 0.06
+  assert float32[-10:].mean() < float32[:5].mean() - 0.3  # It trained.

@@ -163,6 +163,18 @@ MUTANTS = (
     Mutant('lock_failure_kept_by_process_0', 'simsiam_jax/workdir.py',
            'if jax.process_count() > 1:\n    taken', 'if False:\n    taken',
            ('tests/test_multihost.py::test_every_process_stops_when_the_workdir_is_locked',)),
+    Mutant('projector_in_bfloat16', 'simsiam_jax/models/simsiam.py',
+           'output_bn=projector_output_bn, dtype=jnp.float32)',
+           'output_bn=projector_output_bn, dtype=dtype)',
+           ('tests/test_train_step.py::test_half_precision_convolves_in_bfloat16_and_keeps_'
+            'float32_parameters',)),
+    Mutant('cpu_flags_not_set', 'simsiam_jax/xla_flags.py',
+           "  environ['XLA_FLAGS'] = with_cpu_defaults(",
+           "  environ['XLA_FLAGS_'] = with_cpu_defaults(",
+           ('tests/test_xla_flags.py',)),
+    Mutant('pod_plan_misses_tuple_collectives', 'simsiam_jax/pod_plan.py',
+           r"=\s*(.*?)\s+(", r"=\s*([^=]*?)\s+(",
+           ('tests/test_pod_plan.py',)),
 )
 
 
