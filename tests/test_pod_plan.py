@@ -7,7 +7,7 @@ import pytest
 from helpers import run_main
 
 from configs import imagenet
-from simsiam_jax import pod_plan
+from simsiam_jax import config_validation, pod_plan
 from simsiam_jax.config_validation import ConfigError
 
 # SimSiam's ResNet-50 with the official heads: backbone, projector and predictor
@@ -72,12 +72,11 @@ def test_bad_slice_names_are_refused(name):
     pod_plan.parse_slice(name)
 
 
-def test_a_dry_run_of_an_evaluation_mode_is_refused(tmp_path):
-  result = run_main('--config=configs/imagenet.py', f'--workdir={tmp_path / "w"}',
-                    '--config.dry_run=True', '--config.mode=knn',
-                    f'--config.pretrained_workdir={tmp_path}')
-  assert result.returncode == 2
-  assert 'error: config.dry_run' in result.stderr
+def test_a_dry_run_of_an_evaluation_mode_is_refused():
+  config = imagenet.get_config()
+  config.dry_run, config.mode, config.pretrained_workdir = True, 'knn', '/tmp/pretrained'
+  with pytest.raises(ConfigError, match='config.dry_run'):
+    config_validation.validate_mode(config)
 
 
 @pytest.mark.parametrize('field,value', [('assumed_mfu', 1.5), ('num_examples', 0),
