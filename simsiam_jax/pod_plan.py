@@ -174,7 +174,8 @@ def format_table(rows: list[dict]) -> str:
     lines.append(
         f'| {r["slice"]} | {r["chips"]} | {r["batch_per_chip"]} | '
         f'{r["gflop_per_chip_step"]:.1f} | {r["memory_mib_per_chip"].get("total", 0):.0f} | '
-        f'{r["gradient_mib"]:.1f} | {all_reduce:.1f} | {counts} | {r["compute_ms"]:.2f} | {r["communication_ms"]:.2f} | '
+        f'{r["gradient_mib"]:.1f} | {all_reduce:.1f} | {counts} | {r["compute_ms"]:.2f} | '
+        f'{r["communication_ms"]:.2f} | '
         f'{r["step_ms"]:.2f} | {r["communication_share"]:.0%} | {r["images_per_second"]:.0f} |')
   return '\n'.join(lines)
 
