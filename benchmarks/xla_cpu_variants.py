@@ -19,9 +19,14 @@ import tempfile
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('config', 'configs/cifar10_cpu.py', 'Config file whose step to time.')
-flags.DEFINE_list('variants', None, 'Variants to run (default: all of VARIANTS).')
-flags.DEFINE_integer('rounds', 5, 'Timed steps per variant.')
+
+
+def define_flags():
+  """The script's flags; defined only when it runs, so that tests can import VARIANTS
+  beside modules with flags of the same names."""
+  flags.DEFINE_string('config', 'configs/cifar10_cpu.py', 'Config file whose step to time.')
+  flags.DEFINE_list('variants', None, 'Variants to run (default: all of VARIANTS).')
+  flags.DEFINE_integer('rounds', 5, 'Timed steps per variant.')
 
 _NO_YNN = '--xla_cpu_experimental_ynn_fusion_type='
 # name: (XLA_FLAGS, what it changes). 'project' must stay the flags simsiam_jax/xla_flags.py
@@ -90,4 +95,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=lambda argv: [argv[0], *FLAGS(argv, known_only=True)[1:]])

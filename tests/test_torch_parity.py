@@ -12,10 +12,11 @@ Two precisions:
   loss, BatchNorm running statistics and every gradient agree to 1e-10, with no rounding to
   hide a difference behind.
 - float32 checks the numbers training actually produces. Inference-mode outputs agree to
-  1e-5. With batch statistics a deep net is ill-conditioned in float32 (BatchNorm over few
-  samples amplifies rounding, and a ReLU input within rounding of 0 flips): torch's own
-  float32 ResNet-50 outputs are about 2e-4 from its float64 ones. There ours must be within
-  1e-5 of torch's float32 result or as close to the float64 one as torch's float32 is (2x).
+  FLOAT32_TOLERANCE (5e-5; see it for why not 1e-5). With batch statistics a deep net is
+  ill-conditioned in float32 (BatchNorm over few samples amplifies rounding, and a ReLU
+  input within rounding of 0 flips): torch's own float32 ResNet-50 outputs are about 2e-4
+  from its float64 ones. There ours must be within FLOAT32_TOLERANCE of torch's float32
+  result or as close to the float64 one as torch's float32 is (3x).
   SGD steps on the real sharded train step give parameters within 1e-4 of torch's.
 """
 
@@ -140,12 +141,20 @@ def error(actual, expected, floor=1e-12):
   return np.abs(actual - expected).max() / max(np.abs(expected).max(), floor)
 
 
+# Float32 results against torch's: XLA's Eigen convolutions (the project's CPU default, see
+# simsiam_jax/xla_flags.py) round differently from oneDNN's; through BatchNorm on batch
+# statistics the outputs differ by up to 3.5e-5 (z2 of ResNet-18 CIFAR in train mode, where
+# torch's float32 is 3.5e-6 from float64), where jaxlib's YNNPACK convolutions stayed under
+# 1e-5. The float64 tests are the proof of the same computation; these bound the rounding.
+FLOAT32_TOLERANCE = 5e-5
+
+
 def assert_as_exact_as_torch(ours, torch32, torch64, name):
-  """Ours is within 1e-5 of torch's float32 result, or as close to the float64 result as
-  torch's float32 result is (2x)."""
+  """Ours is within FLOAT32_TOLERANCE of torch's float32 result, or nearly as close to the
+  float64 result as torch's float32 result is (3x)."""
   to_float32, to_exact = error(ours, torch32), error(ours, torch64)
   torch_to_exact = error(torch32, torch64)
-  assert to_float32 <= 1e-5 or to_exact <= 2 * torch_to_exact, (
+  assert to_float32 <= FLOAT32_TOLERANCE or to_exact <= 3 * torch_to_exact, (
       f'{name}: error {to_float32:.1e} to torch float32, {to_exact:.1e} to float64, where '
       f'torch float32 is {torch_to_exact:.1e} from float64')
 
@@ -252,13 +261,14 @@ def test_float32_features_z_p_and_loss_match(case, train_mode):
   assert abs(float(loss) - float(expected[-1])) <= 1e-5
   actual = (features, outputs['p1'], outputs['p2'], outputs['z1'], outputs['z2'])
   names = ('features', 'p1', 'p2', 'z1', 'z2')
-  if case == 'resnet50' and train_mode:
+  if train_mode:
+    # Batch statistics amplify float32 rounding: judged against float64, as torch is.
     exact = torch_outputs(model, batch, torch.float64)
     for name, a, e32, e64 in zip(names, actual, expected, exact):
       assert_as_exact_as_torch(a, e32, e64, name)
   else:
     for name, a, e in zip(names, actual, expected):
-      assert_close(a, e, 1e-5, name)
+      assert_close(a, e, FLOAT32_TOLERANCE, name)
 
 
 def _torch_sgd_steps(config, model, batches, steps_per_epoch, dtype=torch.float32):

@@ -164,7 +164,7 @@ MUTANTS = (
            'if jax.process_count() > 1:\n    taken', 'if False:\n    taken',
            ('tests/test_multihost.py::test_every_process_stops_when_the_workdir_is_locked',)),
     Mutant('projector_in_bfloat16', 'simsiam_jax/models/simsiam.py',
-           'output_bn=projector_output_bn, dtype=jnp.float32)',
+           'output_bn=projector_output_bn, dtype=head_dtype)',
            'output_bn=projector_output_bn, dtype=dtype)',
            ('tests/test_train_step.py::test_half_precision_convolves_in_bfloat16_and_keeps_'
             'float32_parameters',)),

@@ -39,10 +39,11 @@ class SimSiam(nn.Module):
 
 
 def create_model(model_config: ml_collections.ConfigDict, dtype: Any = jnp.float32) -> SimSiam:
-  """The network with its backbone computing in `dtype`. The heads always compute in
-  float32: z is the other view's target and p is compared with it, both are normalised
-  before the cosine, and the heads are a small part of the step (0.3% of ResNet-50's FLOPs
-  with the official dims), so bfloat16 would save little and round the targets."""
+  """The network with its backbone computing in `dtype`. The heads compute in float32 at
+  least (float64 stays float64, for the parity tests): z is the other view's target and p
+  is compared with it, and the heads are a small part of the step (0.3% of ResNet-50's
+  FLOPs with the official dims), so bfloat16 would save little and round the targets."""
+  head_dtype = jnp.promote_types(dtype, jnp.float32)
   backbone = resnet.create_backbone(model_config.name, width=model_config.width,
                                     cifar_stem=model_config.cifar_stem, dtype=dtype)
   hidden_bn, projector_output_bn, predictor_output_bn = heads.HEAD_BATCH_NORM[
@@ -50,8 +51,8 @@ def create_model(model_config: ml_collections.ConfigDict, dtype: Any = jnp.float
   projector = heads.Projector(num_layers=model_config.projector_layers,
                               hidden_dim=model_config.projector_hidden_dim,
                               output_dim=model_config.projector_dim, hidden_bn=hidden_bn,
-                              output_bn=projector_output_bn, dtype=jnp.float32)
+                              output_bn=projector_output_bn, dtype=head_dtype)
   predictor = None if model_config.predictor == 'none' else heads.Predictor(
       hidden_dim=model_config.predictor_hidden_dim, output_dim=model_config.projector_dim,
-      hidden_bn=hidden_bn, output_bn=predictor_output_bn, dtype=jnp.float32)
+      hidden_bn=hidden_bn, output_bn=predictor_output_bn, dtype=head_dtype)
   return SimSiam(backbone=backbone, projector=projector, predictor=predictor)
