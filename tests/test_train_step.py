@@ -1,7 +1,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import helpers
 from simsiam_jax import optimizer, sharding
@@ -105,9 +104,8 @@ def test_half_precision_convolves_in_bfloat16_and_keeps_float32_parameters(tiny_
   assert history[0]['loss'].dtype == np.float32 and np.isfinite(history[0]['loss'])
   # The heads compute in float32 from the bfloat16 backbone features: z (the target) and p.
   images = jnp.zeros((2, 16, 16, 3), jnp.bfloat16)
-  outputs = simsiam.create_train_state(jax.random.key(0), tiny_config, optax.sgd(0.1),
-                                       sharding.create_mesh(jax.devices()[:1]), 64).apply_fn(
-      {'params': state.params, 'batch_stats': state.batch_stats}, images, images, train=False)
+  outputs = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, images,
+                           images, train=False)
   assert {name: x.dtype for name, x in outputs.items()} == dict.fromkeys(
       ('z1', 'z2', 'p1', 'p2'), jnp.float32)
 
