@@ -35,7 +35,7 @@ from ml_collections import config_flags
 # Run as a script from anywhere: the package and configs/ are beside this directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
-from simsiam_jax import cli, hardware, losses, methods, sharding, train
+from simsiam_jax import cli, hardware, methods, sharding, train
 from simsiam_jax.train_state import compute_dtype
 from benchmarks import torch_step
 # pylint: enable=wrong-import-position
@@ -58,9 +58,8 @@ flags.DEFINE_float('pause_seconds', 1.0,
 def random_batch(config, mesh) -> dict:
   """A global batch of random uint8 views in the pipeline's layout, sharded like one."""
   rng = np.random.default_rng(0)
-  shape = (config.batch_size, config.data.image_size, config.data.image_size, 3)
-  batch = {f'view{v + 1}': rng.integers(0, 256, shape, np.uint8)
-           for v in range(2 * losses.num_view_pairs(config.loss_symmetry))}
+  batch = {name: rng.integers(0, 256, shape.shape, shape.dtype)
+           for name, shape in train.batch_shapes(config).items() if name != 'index'}
   batch['index'] = np.arange(config.batch_size, dtype=np.int32)
   return jax.device_put(batch, sharding.batch_sharding(mesh))
 
@@ -81,9 +80,7 @@ class TimedStep:
     started = time.perf_counter()
     self.step = step.lower(self.state, self.batch).compile()
     self.compile_seconds = time.perf_counter() - started
-    cost = self.step.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost  # A list in older jaxlibs.
-    self.flops = float((cost or {}).get('flops', float('nan')))
+    self.flops = train.step_flops(self.step)
     self.memory_mib = train.step_memory_mib(self.step).get('total', float('nan'))
     self.times = []
 

@@ -26,12 +26,18 @@ def measured_cpu_peak_tflops(size: int = 1024, repeats: int = 5) -> float:
   return 2 * size**3 / best / 1e12
 
 
+def data_sheet_peak_tflops(kind: str, dtype: str) -> float:
+  """The PEAK_TFLOPS entry of `kind` for `dtype` (bfloat16, else the float32 rate)."""
+  bf16, fp32 = PEAK_TFLOPS[kind]
+  return bf16 if dtype == 'bfloat16' else fp32
+
+
 def peak_tflops(device, dtype: str) -> tuple[float, str]:
   """(peak TFLOP/s of one device for `dtype`, where the figure comes from); on a CPU, the
   measured rate shared among the host's devices."""
   if device.platform == 'cpu':
     return measured_cpu_peak_tflops() / jax.local_device_count(), 'measured float32 matmul'
-  for kind, (bf16, fp32) in PEAK_TFLOPS.items():
+  for kind in PEAK_TFLOPS:
     if kind.lower() in device.device_kind.lower():
-      return (bf16 if dtype == 'bfloat16' else fp32), f'{kind} data sheet'
+      return data_sheet_peak_tflops(kind, dtype), f'{kind} data sheet'
   return float('nan'), f'no peak known for {device.device_kind}'

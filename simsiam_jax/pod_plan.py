@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from simsiam_jax import config_validation, hardware, losses, methods, sharding, train
+from simsiam_jax import config_validation, hardware, methods, sharding, train
 from simsiam_jax.config_validation import ConfigError
 from simsiam_jax.train_state import compute_dtype
 
@@ -110,11 +110,8 @@ def collectives(hlo_text: str) -> list[tuple[str, int]]:
 
 def _abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:
   placement = sharding.batch_sharding(mesh)
-  shape = (config.batch_size, config.data.image_size, config.data.image_size, 3)
-  batch = {f'view{v + 1}': jax.ShapeDtypeStruct(shape, jnp.uint8, sharding=placement)
-           for v in range(2 * losses.num_view_pairs(config.loss_symmetry))}
-  batch['index'] = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=placement)
-  return batch
+  return {name: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=placement)
+          for name, shape in train.batch_shapes(config).items()}
 
 
 def plan_slice(config: ml_collections.ConfigDict, name: str, generation: TpuGeneration,
@@ -135,9 +132,7 @@ def plan_slice(config: ml_collections.ConfigDict, name: str, generation: TpuGene
       jax.random.key(config.seed), config, tx, mesh, num_examples))
   compiled = train.make_train_step(config, steps_per_epoch, mesh, state).lower(
       state, _abstract_batch(config, mesh)).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  flops = float(cost['flops'])
+  flops = train.step_flops(compiled)
   ops = collectives(compiled.as_text())
   by_op = {}
   for op, size in ops:
@@ -145,7 +140,7 @@ def plan_slice(config: ml_collections.ConfigDict, name: str, generation: TpuGene
     by_op[op][0] += 1
     by_op[op][1] += size
   dtype = str(jnp.dtype(compute_dtype(config)))
-  peak = hardware.PEAK_TFLOPS[generation.peak_key][0 if dtype == 'bfloat16' else 1]
+  peak = hardware.data_sheet_peak_tflops(generation.peak_key, dtype)
   compute_s = flops / (peak * 1e12 * config.pod_plan.assumed_mfu)
   comm_s = sum(_RING_FACTORS[op](chips) * size for op, size in ops) / (
       generation.all_reduce_gb_per_s_per_chip * 1e9)

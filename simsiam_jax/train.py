@@ -6,13 +6,14 @@ import math
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import logging
 from flax import traverse_util
 from jax.sharding import Mesh
 
 from simsiam_jax import checkpointing, config_validation, evaluators, features, input_pipeline
-from simsiam_jax import methods, reporting, sharding
+from simsiam_jax import losses, methods, reporting, sharding
 from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.train_state import TrainState, state_shardings
 
@@ -26,6 +27,23 @@ def make_train_step(config: ml_collections.ConfigDict, steps_per_epoch: int, mes
                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)),
                  donate_argnums=0)
+
+
+def batch_shapes(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch the train step takes: the uint8 views (two per view pair) and the
+  examples' indices."""
+  views = (config.batch_size, config.data.image_size, config.data.image_size, 3)
+  shapes = {f'view{v + 1}': jax.ShapeDtypeStruct(views, jnp.uint8)
+            for v in range(2 * losses.num_view_pairs(config.loss_symmetry))}
+  shapes['index'] = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)
+  return shapes
+
+
+def step_flops(compiled) -> float:
+  """FLOPs of one device's compiled step from XLA's cost analysis; NaN where there is none."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost  # A list in older jaxlibs.
+  return float((cost or {}).get('flops', float('nan')))
 
 
 def step_memory_mib(compiled) -> dict[str, float]:
