@@ -2,7 +2,7 @@
 
 Both read the same 224px JPEG folder (CIFAR-10 images upsized, written to a temporary
 directory at run time) and apply the same recipe (MoCo v2 with blur, image size 224):
-ours is simsiam_jax.input_pipeline with `host_threads` = cores; the official one is
+ours is simsiam_jax.data.input_pipeline with `host_threads` = cores; the official one is
 torchvision transforms on PIL images in a DataLoader with `num_workers` = cores, as in
 facebookresearch/simsiam main_simsiam.py. The torch side runs in a subprocess with
 another interpreter, since torch lives in its own virtualenv.
@@ -65,7 +65,7 @@ def measure(batches, batch_size: int, warmup: int, steps: int, pids=lambda: ()):
 def tf_images_per_s(args):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import base  # pylint: disable=g-import-not-at-top
-  from simsiam_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from simsiam_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   config = base.get_base_config()
   config.data.source = 'folder'
   config.data.root = args.root

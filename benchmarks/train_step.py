@@ -11,7 +11,7 @@ time is reported apart), warmed up, then timed one awaited step at a time in rou
 alternate the methods, so that they share whatever else the machine is doing; the figure
 is the median over the rounds. Reported per method: step time, images/s (one image = its
 two views), XLA's FLOP count of the step (cost analysis), achieved TFLOP/s, MFU against
-the device's peak (simsiam_jax/hardware.py: data sheets, or on a CPU its float32 matmul
+the device's peak (simsiam_jax/scale/hardware.py: data sheets, or on a CPU its float32 matmul
 rate measured here), and the step's memory per device (XLA's memory analysis).
 
 Where torch is installed and the config is SimSiam in float32 on a CPU host, the official
@@ -35,7 +35,8 @@ from ml_collections import config_flags
 # Run as a script from anywhere: the package and configs/ are beside this directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
-from simsiam_jax import cli, hardware, methods, sharding, train
+from simsiam_jax import cli, methods, sharding, train
+from simsiam_jax.scale import hardware
 from simsiam_jax.train_state import compute_dtype
 from benchmarks import torch_step
 # pylint: enable=wrong-import-position

@@ -29,7 +29,7 @@ def define_flags():
   flags.DEFINE_integer('rounds', 5, 'Timed steps per variant.')
 
 _NO_YNN = '--xla_cpu_experimental_ynn_fusion_type='
-# name: (XLA_FLAGS, what it changes). 'project' must stay the flags simsiam_jax/xla_flags.py
+# name: (XLA_FLAGS, what it changes). 'project' must stay the flags simsiam_jax/scale/xla_flags.py
 # sets by default; the test of this script checks that.
 VARIANTS = {
     'jaxlib': ('', "jaxlib's defaults: YNNPACK for matmuls, convolutions and reductions"),

@@ -120,7 +120,7 @@ def get_optim_config() -> ml_collections.ConfigDict:
 
 def get_evals_config() -> ml_collections.ConfigDict:
   """Evaluators of the backbone during pretraining, as big_vision's config.evals: each key
-  names an evaluator of simsiam_jax/evaluators.py, its value holds `every_epochs` and the
+  names an evaluator of simsiam_jax/evaluation/evaluators.py, its value holds `every_epochs` and the
   evaluator's own settings. Delete a key to skip it."""
   evals = ml_collections.ConfigDict()
   evals.knn = get_knn_config()
@@ -271,7 +271,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # True: no training; compile the train step for the TPU slices of pod_plan on fake CPU
   # devices and print their per-chip memory, FLOPs, collectives and estimated step time
-  # (simsiam_jax/pod_plan.py).
+  # (simsiam_jax/scale/pod_plan.py).
   config.dry_run = False
   config.pod_plan = get_pod_plan_config()
   return config

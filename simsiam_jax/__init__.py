@@ -1,30 +1,24 @@
-"""SimSiam in JAX/Flax."""
+"""SimSiam in JAX/Flax.
 
-import contextlib
-import os
+A pretrained encoder in three lines (pretrained.py):
 
-from simsiam_jax import xla_flags
+  from simsiam_jax import load_encoder
+  encoder = load_encoder('/tmp/simsiam_default')
+  features = encoder(images)  # uint8 [N, H, W, 3] -> float32 [N, d]
 
-# Before JAX's backend can start: XLA reads XLA_FLAGS once (see xla_flags.py).
+Importing the package loads neither TensorFlow (only the input pipeline, simsiam_jax.data,
+does) nor JAX's backend.
+"""
+
+from simsiam_jax.scale import xla_flags
+
+# Before JAX's backend can start: XLA reads XLA_FLAGS once (see scale/xla_flags.py).
 xla_flags.apply_cpu_defaults()
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-  """Points file descriptor 2 at /dev/null; Python-level errors still raise afterwards."""
-  saved = os.dup(2)
-  with open(os.devnull, 'w') as devnull:
-    os.dup2(devnull.fileno(), 2)
-  try:
-    yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
-# TensorFlow (the input pipeline) prints oneDNN and CPU-feature notices from C++ while it
-# loads, before any log level can apply; a user can do nothing about them. Importing it here,
-# first, keeps them out of every command's log. SIMSIAM_VERBOSE_IMPORTS=1 shows them.
-if os.environ.get('SIMSIAM_VERBOSE_IMPORTS') != '1':
-  with _native_stderr_silenced():
-    import tensorflow  # noqa: F401  pylint: disable=unused-import
+def __getattr__(name):
+  # Loaded on first use, so that `import simsiam_jax` stays light.
+  if name == 'load_encoder':
+    from simsiam_jax.pretrained import load_encoder  # pylint: disable=g-import-not-at-top
+    return load_encoder
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -215,19 +215,22 @@ def check_resumable(workdir: epath.PathLike, config: ml_collections.ConfigDict,
     multihost_utils.sync_global_devices('simsiam_jax.checkpointing.check_resumable')
 
 
-def restore_backbone_variables(
-    pretrained_workdir: epath.PathLike, config: ml_collections.ConfigDict | None = None
-) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
-  """The pretrained backbone's {'params', 'batch_stats'} (numpy) and the stored config.
+def restore_pretrained_variables(
+    pretrained_workdir: epath.PathLike, config: ml_collections.ConfigDict | None = None, *,
+    parts: tuple[str, ...] = (BACKBONE,)) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
+  """The pretrained network's {'params', 'batch_stats'} (numpy) of its `parts` (by default
+  the backbone; ('backbone', 'projector') for the encoder f) and the stored config.
 
-  Reads only the backbone arrays, with no optimizer or mesh needed. If `config` is given,
-  its model must match the pretrained one (`check_model_config`).
+  Reads only those arrays, with no optimizer or mesh needed. If `config` is given, its model
+  must match the pretrained one (`check_model_config`).
   """
   with _read_only_manager(pretrained_workdir, ocp.PyTreeCheckpointHandler()) as manager:
 
-    def restore_backbone(step):
+    def restore_parts(step):
       stored = manager.item_metadata(step)[STATE].tree
-      item = {collection: {BACKBONE: stored[collection][BACKBONE]}
+      # A head without BatchNorm (MoCo v2's) has no statistics.
+      item = {collection: {part: stored[collection][part] for part in parts
+                           if part in stored[collection]}
               for collection in ('params', 'batch_stats')}
       as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
       args = ocp.args.Composite(**{
@@ -235,7 +238,7 @@ def restore_backbone_variables(
           CONFIG: ocp.args.JsonRestore()})
       return manager.restore(step, args=args)
 
-    _, restored, _ = _restore_newest_readable_or_raise(manager, restore_backbone)
+    _, restored, _ = _restore_newest_readable_or_raise(manager, restore_parts)
   stored_config = ml_collections.ConfigDict(restored[CONFIG])
   if config is not None:
     check_model_config(stored_config, config, manager.directory)

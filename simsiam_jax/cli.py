@@ -9,7 +9,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import checkpointing, config_validation, datasets
+from simsiam_jax import checkpointing, config_validation
+from simsiam_jax.data import DataError
 from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.models import torchvision_format
 
@@ -31,6 +32,33 @@ class _DropInfoFromLibraries(std_logging.Filter):
             not str(record.msg).startswith(_EXPECTED_WARNINGS))
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+  """Points file descriptor 2 at /dev/null; Python-level errors still raise afterwards."""
+  saved = os.dup(2)
+  with open(os.devnull, 'w') as devnull:
+    os.dup2(devnull.fileno(), 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def import_tensorflow_quietly():
+  """Imports TensorFlow (the input pipeline's) with the process's stderr silenced.
+
+  While it loads, TensorFlow prints oneDNN and CPU-feature notices from C++, before any log
+  level can apply, and a user can do nothing about them. Each command-line tool calls this
+  before it imports a module that loads TensorFlow; library imports never touch the user's
+  file descriptors. SIMSIAM_VERBOSE_IMPORTS=1 shows the notices.
+  """
+  if os.environ.get('SIMSIAM_VERBOSE_IMPORTS') == '1' or 'tensorflow' in sys.modules:
+    return
+  with _native_stderr_silenced():
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
+
 def quiet_library_logs():
   logging.get_absl_handler().addFilter(_DropInfoFromLibraries())
 
@@ -42,7 +70,7 @@ def exit_on_error():
   loss) as one with status 1, never as a traceback."""
   try:
     yield
-  except (app.UsageError, config_validation.ConfigError, datasets.DataError,
+  except (app.UsageError, config_validation.ConfigError, DataError,
           checkpointing.CheckpointError, torchvision_format.TorchFormatError,
           workdir_lib.WorkdirError) as e:
     print(f'error: {e}', file=sys.stderr)
@@ -57,11 +85,35 @@ def check_no_arguments(argv: list[str]):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
 
 
+def _config_file(argv: list[str]) -> str | None:
+  """The file of --config in `argv` (config_flags' `path:argument` form included)."""
+  for i, arg in enumerate(argv):
+    value = arg.split('=', 1)[1] if arg.startswith('--config=') else (
+        argv[i + 1] if arg == '--config' and i + 1 < len(argv) else None)
+    if value is not None:
+      return value if os.path.isfile(value) else value.split(':', 1)[0]
+  return None
+
+
+def make_config_package_importable(path: str):
+  """A config file imports its base from the package it sits in (`from configs import
+  base`): the folder above that package goes first on sys.path, so that the file loads from
+  any working directory."""
+  package_dir = os.path.dirname(os.path.abspath(path))
+  if os.path.isfile(os.path.join(package_dir, '__init__.py')):
+    root = os.path.dirname(package_dir)
+    if root not in sys.path:
+      sys.path.insert(0, root)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`: a bad flag, a
   config file that is missing or does not load, or a --config.* override of the wrong type
   or of no field ends as one `error:` line and exit status 2, as the other mistakes do."""
+  path = _config_file(argv)
   try:
+    if path:
+      make_config_package_importable(path)
     remaining = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
       path = config_flags.get_config_filename(flags.FLAGS['config'])
@@ -69,6 +121,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         raise ValueError(f'--config={path}: no such file')
       flags.FLAGS['config'].value  # Loads the file now, not half-way into the run.
     return remaining
+  except ImportError as e:  # The config file's own imports.
+    message = f'--config={path}: the config file does not import: {e}'
   except (AttributeError, KeyError) as e:  # An override of a field the config lacks.
     key = str(e).strip('"\' ')
     names = [arg.split('=')[0] for arg in argv if arg.startswith('--config.')]

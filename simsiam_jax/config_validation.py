@@ -6,7 +6,8 @@ as one line and exits non-zero.
 
 import ml_collections
 
-from simsiam_jax import augmentations, losses, optimizer
+from simsiam_jax import losses, optimizer
+from simsiam_jax import data
 from simsiam_jax.models import heads, resnet, simsiam
 
 
@@ -127,9 +128,9 @@ def _require_valid_data(config: ml_collections.ConfigDict):
             'must be three numbers (R, G, B)')
   require(all(v > 0 for v in config.data.std), 'config.data.std', config.data.std,
           'must be positive')
-  require(config.data.jpeg_dct_method in augmentations.JPEG_DCT_METHODS,
+  require(config.data.jpeg_dct_method in data.JPEG_DCT_METHODS,
           'config.data.jpeg_dct_method', config.data.jpeg_dct_method,
-          f'choose one of {", ".join(augmentations.JPEG_DCT_METHODS)}')
+          f'choose one of {", ".join(data.JPEG_DCT_METHODS)}')
 
 
 def _require_valid_evals(config: ml_collections.ConfigDict):

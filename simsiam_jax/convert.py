@@ -29,12 +29,18 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import checkpointing, cli, config_validation, features, input_pipeline
-from simsiam_jax import sharding
-from simsiam_jax import workdir as workdir_lib
-from simsiam_jax.methods import simsiam
-from simsiam_jax.models import torchvision_format
-from simsiam_jax.train_state import TrainState
+from simsiam_jax import cli
+
+# Before the modules below load TensorFlow: its C++ start-up notices stay out of the log.
+cli.import_tensorflow_quietly()
+
+from simsiam_jax import checkpointing, config_validation, sharding  # pylint: disable=wrong-import-position
+from simsiam_jax import workdir as workdir_lib  # pylint: disable=wrong-import-position
+from simsiam_jax.data import input_pipeline  # pylint: disable=wrong-import-position
+from simsiam_jax.evaluation import features  # pylint: disable=wrong-import-position
+from simsiam_jax.methods import simsiam  # pylint: disable=wrong-import-position
+from simsiam_jax.models import torchvision_format  # pylint: disable=wrong-import-position
+from simsiam_jax.train_state import TrainState  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 
@@ -235,7 +241,7 @@ def import_torch(config: ml_collections.ConfigDict, workdir: str, path: str) -> 
 
 def export_backbone(config: ml_collections.ConfigDict, workdir: str) -> dict[str, np.ndarray]:
   """The backbone of `workdir`'s latest checkpoint as a torchvision ResNet state dict."""
-  variables, stored_config = checkpointing.restore_backbone_variables(workdir, config)
+  variables, stored_config = checkpointing.restore_pretrained_variables(workdir, config)
   backbone = features.backbone_variables(**variables)
   return torchvision_format.to_torch(
       backbone, torchvision_format.backbone_layers(stored_config.model.name))

@@ -16,7 +16,13 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import cli, config_validation, modes, pod_plan, reporting
+from simsiam_jax import cli
+
+# Before the modules below load TensorFlow: its C++ start-up notices stay out of the log.
+cli.import_tensorflow_quietly()
+
+from simsiam_jax import config_validation, modes, reporting  # pylint: disable=wrong-import-position
+from simsiam_jax.scale import pod_plan  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for summaries and checkpoints.')

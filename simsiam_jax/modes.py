@@ -3,7 +3,9 @@ so that tests can run a mode in-process."""
 
 import ml_collections
 
-from simsiam_jax import config_validation, evaluators, linear_eval, pod_plan, train
+from simsiam_jax import config_validation, train
+from simsiam_jax.evaluation import evaluators, linear_eval
+from simsiam_jax.scale import pod_plan
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):

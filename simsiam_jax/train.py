@@ -12,7 +12,9 @@ from absl import logging
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from simsiam_jax import checkpointing, config_validation, evaluators, features, input_pipeline
+from simsiam_jax import checkpointing, config_validation
+from simsiam_jax.data import input_pipeline
+from simsiam_jax.evaluation import evaluators, features
 from simsiam_jax import losses, methods, reporting, sharding
 from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.train_state import TrainState, state_shardings

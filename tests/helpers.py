@@ -11,7 +11,8 @@ import jax
 import numpy as np
 
 from configs import default
-from simsiam_jax import checkpointing, input_pipeline, methods, sharding, train, workdir
+from simsiam_jax import checkpointing, methods, sharding, train, workdir
+from simsiam_jax.data import input_pipeline
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

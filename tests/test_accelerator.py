@@ -16,7 +16,8 @@ import pytest
 
 from helpers import REPO_ROOT
 
-from simsiam_jax import reporting, xla_flags
+from simsiam_jax import reporting
+from simsiam_jax.scale import xla_flags
 
 pytestmark = [
     pytest.mark.accelerator,

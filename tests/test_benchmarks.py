@@ -10,7 +10,7 @@ import pytest
 from helpers import REPO_ROOT, TINY_RUN
 
 from benchmarks import torch_step, xla_cpu_variants
-from simsiam_jax import hardware, xla_flags
+from simsiam_jax.scale import hardware, xla_flags
 
 
 def test_train_step_benchmark_reports_the_steps_and_the_official_pytorch_step(tmp_path):

@@ -186,13 +186,13 @@ def test_missing_checkpoint_errors_name_the_path(tmp_path):
     with pytest.raises(CheckpointError, match=re.escape(str(path))):
       checkpointing.restore_config(path)
     with pytest.raises(CheckpointError, match=re.escape(str(path))):
-      checkpointing.restore_backbone_variables(path)
+      checkpointing.restore_pretrained_variables(path)
 
 
-def test_restore_backbone_variables(tmp_path, model_state):
+def test_restore_pretrained_variables(tmp_path, model_state):
   with Checkpointer(tmp_path, max_to_keep=2, save_every_steps=1) as ckpt:
     ckpt.save(1, model_state, make_tiny_config())
-  variables, stored_config = checkpointing.restore_backbone_variables(
+  variables, stored_config = checkpointing.restore_pretrained_variables(
       tmp_path / 'checkpoints', make_tiny_config())
   expected = {'params': {'backbone': model_state.params['backbone']},
               'batch_stats': {'backbone': model_state.batch_stats['backbone']}}
@@ -208,7 +208,7 @@ def test_model_config_mismatch_names_the_field(tmp_path):
   config.num_epochs = 100  # Not a model field: allowed to differ.
   with pytest.raises(CheckpointError,
                      match=r'config\.model\.width: 4 -> 16$') as error:
-    checkpointing.restore_backbone_variables(tmp_path, config)
+    checkpointing.restore_pretrained_variables(tmp_path, config)
   assert str(tmp_path) in str(error.value)
 
 

@@ -14,7 +14,9 @@ import torch
 
 import torch_reference as ref
 from helpers import make_tiny_config
-from simsiam_jax import checkpointing, convert, evaluators, input_pipeline, linear_eval
+from simsiam_jax import checkpointing, convert
+from simsiam_jax.data import input_pipeline
+from simsiam_jax.evaluation import evaluators, linear_eval
 from simsiam_jax import sharding, train
 from simsiam_jax.methods import simsiam
 from simsiam_jax.models import create_model, torchvision_format

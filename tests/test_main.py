@@ -3,8 +3,10 @@
 import os
 import re
 import shlex
+import subprocess
+import sys
 
-from helpers import run_main
+from helpers import REPO_ROOT, run_main
 
 
 def test_a_run_ends_with_a_summary_whose_next_commands_work(pretrained_run):
@@ -44,3 +46,37 @@ def summary_block(stdout: str, title: str) -> dict[str, str]:
   start = lines.index(f'== {title} ==')
   rows = [re.split(r'\s{2,}', line, maxsplit=1) for line in lines[start + 1:]]
   return {name: value for name, value in rows}
+
+
+def test_a_config_given_by_path_loads_from_any_working_directory(tmp_path):
+  """Only the package is importable where the command runs, not the repository (whose
+  configs package the config files import their base from)."""
+  site, elsewhere = tmp_path / 'site', tmp_path / 'elsewhere'
+  site.mkdir()
+  elsewhere.mkdir()
+  os.symlink(os.path.join(REPO_ROOT, 'simsiam_jax'), site / 'simsiam_jax')
+  bad_package = tmp_path / 'my_configs'
+  bad_package.mkdir()
+  (bad_package / '__init__.py').write_text('')
+  (bad_package / 'broken.py').write_text('from my_configs import missing_base\n')
+
+  def convert(config_path):
+    # The config loads, then the command stops at the empty workdir.
+    return subprocess.run(
+        [sys.executable, '-m', 'simsiam_jax.convert', f'--config={config_path}',
+         f'--workdir={tmp_path / "no_run"}', f'--export_torchvision={tmp_path / "out.pth"}'],
+        cwd=elsewhere, env={**os.environ, 'PYTHONPATH': str(site)}, capture_output=True,
+        text=True, timeout=300)
+
+  absolute = os.path.join(REPO_ROOT, 'configs', 'imagenet.py')  # It imports base in turn.
+  for config_path in (absolute, os.path.relpath(absolute, elsewhere)):
+    result = convert(config_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f'error: No checkpoint directory at {tmp_path / "no_run"}.'), result.stderr[-2000:]
+  result = convert(bad_package / 'broken.py')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: --config={bad_package / "broken.py"}: the config file does not import: '
+      "cannot import name 'missing_base' from 'my_configs' "
+      f"({bad_package / '__init__.py'})"), result.stderr[-2000:]

@@ -8,7 +8,7 @@ import venv
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each defines its absl flags on import, so each runs in its own process.
-COMMAND_LINE_TOOLS = ('simsiam_jax.main', 'simsiam_jax.ablations', 'simsiam_jax.curves',
+COMMAND_LINE_TOOLS = ('simsiam_jax.main', 'simsiam_jax.studies.ablations', 'simsiam_jax.studies.curves',
                       'simsiam_jax.convert')
 
 

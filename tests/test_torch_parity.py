@@ -32,7 +32,9 @@ import torch
 
 import torch_reference as ref
 from configs import default
-from simsiam_jax import linear_eval, optimizer, preprocess, sharding, train
+from simsiam_jax import optimizer, sharding, train
+from simsiam_jax.data import preprocess
+from simsiam_jax.evaluation import linear_eval
 from simsiam_jax.methods import simsiam
 from simsiam_jax.models import create_model, torchvision_format
 from simsiam_jax.train_state import TrainState
@@ -142,7 +144,7 @@ def error(actual, expected, floor=1e-12):
 
 
 # Float32 results against torch's: XLA's Eigen convolutions (the project's CPU default, see
-# simsiam_jax/xla_flags.py) round differently from oneDNN's; through BatchNorm on batch
+# simsiam_jax/scale/xla_flags.py) round differently from oneDNN's; through BatchNorm on batch
 # statistics the outputs differ by up to 3.5e-5 (z2 of ResNet-18 CIFAR in train mode, where
 # torch's float32 is 3.5e-6 from float64), where jaxlib's YNNPACK convolutions stayed under
 # 1e-5. The float64 tests are the proof of the same computation; these bound the rounding.

@@ -1,6 +1,6 @@
 """Mutation check: does the test suite catch the bugs that matter?
 
-    python tools/mutation_check.py [--mutants=NAME,...] [--list] [--skip_baseline]
+    python tools/mutation_check.py [--mutants=NAME,...] [--list] [--skip_baseline] [--fresh]
 
 Copies the tree to a scratch directory, then applies each mutant of MUTANTS there (a small
 deliberate bug: one exact piece of source replaced), runs only the tests that should catch
@@ -8,6 +8,9 @@ it, and restores the file. A mutant is caught when one of those tests fails; the
 the first test that did. First, the same tests run on the unmutated copy and must pass, or a
 failure would prove nothing. Exit status: 0 if every mutant was caught, 1 if any survived, 2
 if a mutant no longer applies (its source moved: update MUTANTS) or the baseline fails.
+
+`--fresh` only checks, in a second, that every mutant still applies (its piece of source
+occurs once, its tests exist); the test suite runs that check (tests/test_mutation_check.py).
 
 Takes about 14 minutes on a 2-core machine; the tests share the repository's JAX
 compilation cache (.cache/jax).
@@ -36,7 +39,7 @@ class Mutant:
 
 
 PARITY = 'tests/test_torch_parity.py'
-METHODS_TESTS = 'tests/test_methods.py'
+METHODS_TESTS = 'tests/methods/test_methods.py'
 
 MUTANTS = (
     Mutant('no_stop_gradient', 'simsiam_jax/losses.py',
@@ -52,31 +55,31 @@ MUTANTS = (
            ('tests/test_optimizer.py',)),
     Mutant('grayscale_0.5', 'configs/base.py',
            'aug.grayscale_prob = 0.2', 'aug.grayscale_prob = 0.5',
-           ('tests/test_augmentations.py',)),
+           ('tests/data/test_augmentations.py',)),
     Mutant('crop_scale_0.08', 'configs/base.py',
            'aug.crop_scale = (0.2, 1.0)', 'aug.crop_scale = (0.08, 1.0)',
-           ('tests/test_augmentations.py',)),
-    Mutant('grayscale_gets_the_blur_probability', 'simsiam_jax/augmentations.py',
+           ('tests/data/test_augmentations.py',)),
+    Mutant('grayscale_gets_the_blur_probability', 'simsiam_jax/data/augmentations.py',
            'random_grayscale(image, gray_seed, aug.grayscale_prob)',
            'random_grayscale(image, gray_seed, aug.blur_prob)',
-           ('tests/test_augmentations.py',)),
-    Mutant('brightness_range_doubled', 'simsiam_jax/augmentations.py',
+           ('tests/data/test_augmentations.py',)),
+    Mutant('brightness_range_doubled', 'simsiam_jax/data/augmentations.py',
            'high = tf.constant([1.0 + brightness,', 'high = tf.constant([1.0 + 2 * brightness,',
-           ('tests/test_augmentations.py',)),
-    Mutant('knn_temperature_x2', 'simsiam_jax/knn.py',
+           ('tests/data/test_augmentations.py',)),
+    Mutant('knn_temperature_x2', 'simsiam_jax/evaluation/knn.py',
            'jnp.exp(similarities / temperature)', 'jnp.exp(similarities / (2 * temperature))',
-           ('tests/test_knn.py',)),
-    Mutant('knn_k_minus_1', 'simsiam_jax/knn.py',
+           ('tests/evaluation/test_knn.py',)),
+    Mutant('knn_k_minus_1', 'simsiam_jax/evaluation/knn.py',
            'jax.lax.top_k(similarities, min(k, similarities.shape[1]))',
            'jax.lax.top_k(similarities, min(k - 1, similarities.shape[1]))',
-           ('tests/test_knn.py',)),
+           ('tests/evaluation/test_knn.py',)),
     Mutant('predictor_hidden_is_the_projectors', 'simsiam_jax/models/simsiam.py',
            'hidden_dim=model_config.predictor_hidden_dim',
            'hidden_dim=model_config.projector_hidden_dim',
-           ('tests/test_models.py',)),
+           ('tests/models/test_models.py',)),
     Mutant('projector_output_bn_affine', 'simsiam_jax/models/heads.py',
            'use_scale=affine,', 'use_scale=True,',
-           ('tests/test_models.py',)),
+           ('tests/models/test_models.py',)),
     Mutant('stride2_padding_same', 'simsiam_jax/models/resnet.py',
            'padding = [((k - 1) // 2, (k - 1) // 2) for k in kernel_size]', "padding = 'SAME'",
            (f'{PARITY}::test_float32_features_z_p_and_loss_match',)),
@@ -94,10 +97,10 @@ MUTANTS = (
            'optax.trace(decay=momentum), optax.scale_by_learning_rate(learning_rate))',
            'optax.scale_by_learning_rate(learning_rate), optax.trace(decay=momentum))',
            (f'{PARITY}::test_linear_evaluation_steps_match_apex_larc',)),
-    Mutant('top5_is_top4', 'simsiam_jax/linear_eval.py',
+    Mutant('top5_is_top4', 'simsiam_jax/evaluation/linear_eval.py',
            'jax.lax.top_k(logits, min(5, logits.shape[-1]))',
            'jax.lax.top_k(logits, min(4, logits.shape[-1]))',
-           ('tests/test_evaluation.py::test_top1_and_top5_count_hand_built_logits_and_skip_'
+           ('tests/evaluation/test_evaluation.py::test_top1_and_top5_count_hand_built_logits_and_skip_'
             'padding',)),
     Mutant('half_precision_ignored', 'simsiam_jax/train_state.py',
            'return jnp.bfloat16 if config.half_precision else jnp.float32',
@@ -105,27 +108,28 @@ MUTANTS = (
            ('tests/test_train_step.py::test_half_precision_convolves_in_bfloat16_and_keeps_'
             'float32_parameters',)),
     Mutant('asymmetric_2x_uses_one_pair', 'simsiam_jax/methods/simsiam.py',
-           'for i in range(losses.num_view_pairs(config.loss_symmetry))]', 'for i in range(1)]',
-           ('tests/test_ablations.py::test_asymmetric_2x_trains_on_two_pairs_of_views_per_image',)),
-    Mutant('hosts_read_the_same_shard', 'simsiam_jax/datasets.py',
+           '2 * losses.num_view_pairs(config.loss_symmetry))', '2)',
+           ('tests/studies/test_ablations.py::test_asymmetric_2x_trains_on_two_pairs_of_views_'
+            'per_image',)),
+    Mutant('hosts_read_the_same_shard', 'simsiam_jax/data/datasets.py',
            'tf.equal(dealt_to, process_index)', 'tf.equal(dealt_to, 0)',
            ('tests/test_multihost.py',)),
     Mutant('data_errors_escape_the_error_exit', 'simsiam_jax/cli.py',
-           'except (app.UsageError, config_validation.ConfigError, datasets.DataError,',
+           'except (app.UsageError, config_validation.ConfigError, DataError,',
            'except (app.UsageError, config_validation.ConfigError,',
            ('tests/test_bad_input.py',)),
     # Methods: one per method.
     Mutant('k_step_target_never_refreshed', 'simsiam_jax/methods/simsiam.py',
            'refresh = new_state.step % refresh_every == 0', 'refresh = new_state.step < 0',
-           ('tests/test_em_variants.py::test_k_step_target_is_refreshed_exactly_every_k_steps',)),
+           ('tests/methods/test_em_variants.py::test_k_step_target_is_refreshed_exactly_every_k_steps',)),
     Mutant('memory_bank_momentum_swapped', 'simsiam_jax/methods/simsiam.py',
            'momentum * bank[indices] + (1 - momentum) * current',
            '(1 - momentum) * bank[indices] + momentum * current',
-           ('tests/test_em_variants.py::test_memory_bank_updates_only_the_batchs_rows_with_'
+           ('tests/methods/test_em_variants.py::test_memory_bank_updates_only_the_batchs_rows_with_'
             'momentum_m',)),
     Mutant('simclr_self_similarity_unmasked', 'simsiam_jax/losses.py',
            'a @ a.T / temperature - self_mask', 'a @ a.T / temperature',
-           ('tests/test_methods.py::test_nt_xent_matches_numpy_and_uses_every_other_view_as_a_'
+           ('tests/methods/test_methods.py::test_nt_xent_matches_numpy_and_uses_every_other_view_as_a_'
             'negative',)),
     Mutant('moco_key_momentum_swapped', 'simsiam_jax/methods/moco_v2.py',
            'config.moco_v2.momentum)}', '1 - config.moco_v2.momentum)}',
@@ -150,15 +154,15 @@ MUTANTS = (
            'codes1, codes2 = ((lambda x: x)(losses.sinkhorn(',
            (f'{METHODS_TESTS}::test_swav_codes_are_targets_without_gradient',)),
     # Linear evaluation's resume and the multi-host lock.
-    Mutant('linear_eval_resumes_with_the_first_batches', 'simsiam_jax/linear_eval.py',
+    Mutant('linear_eval_resumes_with_the_first_batches', 'simsiam_jax/evaluation/linear_eval.py',
            'create_linear_train_iterator(config, start_step=start_step)',
            'create_linear_train_iterator(config, start_step=0)',
-           ('tests/test_evaluation.py::test_preempted_linear_eval_resumes_where_it_stopped_with_'
+           ('tests/evaluation/test_evaluation.py::test_preempted_linear_eval_resumes_where_it_stopped_with_'
             'the_same_result',)),
-    Mutant('linear_eval_forgets_earlier_evaluations', 'simsiam_jax/linear_eval.py',
+    Mutant('linear_eval_forgets_earlier_evaluations', 'simsiam_jax/evaluation/linear_eval.py',
            "saved['classifier'], np.array(saved['evaluations'])",
            "saved['classifier'], evaluations",
-           ('tests/test_evaluation.py::test_preempted_linear_eval_resumes_where_it_stopped_with_'
+           ('tests/evaluation/test_evaluation.py::test_preempted_linear_eval_resumes_where_it_stopped_with_'
             'the_same_result',)),
     Mutant('lock_failure_kept_by_process_0', 'simsiam_jax/workdir.py',
            'if jax.process_count() > 1:\n    taken', 'if False:\n    taken',
@@ -168,13 +172,17 @@ MUTANTS = (
            'output_bn=projector_output_bn, dtype=dtype)',
            ('tests/test_train_step.py::test_half_precision_convolves_in_bfloat16_and_keeps_'
             'float32_parameters',)),
-    Mutant('cpu_flags_not_set', 'simsiam_jax/xla_flags.py',
+    Mutant('cpu_flags_not_set', 'simsiam_jax/scale/xla_flags.py',
            "  environ['XLA_FLAGS'] = with_cpu_defaults(",
            "  environ['XLA_FLAGS_'] = with_cpu_defaults(",
-           ('tests/test_xla_flags.py',)),
-    Mutant('pod_plan_misses_tuple_collectives', 'simsiam_jax/pod_plan.py',
+           ('tests/scale/test_xla_flags.py',)),
+    Mutant('encoder_in_train_mode', 'simsiam_jax/pretrained.py',
+           'outputs = network.apply(variables, images.astype(dtype), train=False,',
+           'outputs = network.apply(variables, images.astype(dtype), train=True,',
+           ('tests/test_pretrained.py::test_the_encoder_gives_the_knn_evaluators_features',)),
+    Mutant('pod_plan_misses_tuple_collectives', 'simsiam_jax/scale/pod_plan.py',
            r"=\s*(.*?)\s+(", r"=\s*([^=]*?)\s+(",
-           ('tests/test_pod_plan.py',)),
+           ('tests/scale/test_pod_plan.py',)),
 )
 
 
@@ -215,6 +223,20 @@ def read_source(tree: str, mutant: Mutant) -> str:
   return source
 
 
+def stale_mutants(tree: str = REPO_ROOT, mutants=MUTANTS) -> list[str]:
+  """Why each mutant that no longer applies in `tree` does not: its piece of source is not
+  there exactly once, or one of its test files is gone."""
+  problems = []
+  for mutant in mutants:
+    try:
+      read_source(tree, mutant)
+    except (StaleMutant, FileNotFoundError) as e:
+      problems.append(str(e))
+    problems += [f'{mutant.name}: no test file {test.split("::")[0]}' for test in mutant.tests
+                 if not os.path.isfile(os.path.join(tree, test.split('::')[0]))]
+  return problems
+
+
 def check(tree: str, mutant: Mutant, env: dict) -> tuple[str, str, float]:
   """(verdict, the test that caught it or why not, seconds)."""
   started = time.perf_counter()
@@ -243,7 +265,15 @@ def main(argv=None) -> int:
   parser.add_argument('--list', action='store_true', help='list the mutants and exit')
   parser.add_argument('--skip_baseline', action='store_true',
                       help='do not run the selected tests on the unmutated tree first')
+  parser.add_argument('--fresh', action='store_true',
+                      help='only check that every mutant applies, then exit')
   args = parser.parse_args(argv)
+  if args.fresh:
+    problems = stale_mutants()
+    for problem in problems:
+      print(f'stale: {problem}', file=sys.stderr)
+    print(f'{len(MUTANTS) - len(problems)}/{len(MUTANTS)} mutants apply.')
+    return 2 if problems else 0
   if args.list:
     for mutant in MUTANTS:
       print(f'{mutant.name:40s} {mutant.path}  ->  {" ".join(mutant.tests)}')
@@ -261,11 +291,9 @@ def main(argv=None) -> int:
     # mutants leave alone are compiled already.
     env = {**os.environ,
            'JAX_COMPILATION_CACHE_DIR': os.path.join(REPO_ROOT, '.cache', 'jax')}
-    try:
-      for mutant in selected:  # Every mutant must apply before any time is spent.
-        read_source(tree, mutant)
-    except (StaleMutant, FileNotFoundError) as e:
-      print(f'error: {e}', file=sys.stderr)
+    problems = stale_mutants(tree, selected)  # Every mutant must apply before any time is spent.
+    if problems:
+      print(f'error: {"; ".join(problems)}', file=sys.stderr)
       return 2
     if not args.skip_baseline:
       tests = sorted({t for m in selected for t in m.tests})

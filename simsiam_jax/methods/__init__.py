@@ -4,6 +4,8 @@ A method is a module with plain functions, so that the loop (train.py) knows non
 and a TITLE for reports:
 
   validate(config)                      raises ConfigError on a bad method field.
+  create_network(config) -> the network whose 'backbone' and 'projector' (method='encode')
+      make the encoder f, with the method's heads.
   create_optimizer(config, steps_per_epoch) -> optax.GradientTransformation
   create_train_state(rng, config, tx, mesh, num_train_examples) -> TrainState
       the online network (its 'backbone' is what kNN and linear evaluation read) and

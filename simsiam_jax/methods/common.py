@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from simsiam_jax import losses, optimizer, preprocess
+from simsiam_jax import losses, optimizer
+from simsiam_jax.data import preprocess
 from simsiam_jax.models import create_model
 from simsiam_jax.train_state import TrainState, compute_dtype
 

@@ -23,7 +23,7 @@ import optax
 from simsiam_jax import config_validation, losses, optimizer
 from simsiam_jax.methods import common
 from simsiam_jax.methods.common import TARGET_PARAMS
-from simsiam_jax.models import create_model as create_network
+from simsiam_jax.models import create_model
 from simsiam_jax.train_state import TrainState, compute_dtype, create_train_state as _create
 
 TITLE = 'SimSiam'
@@ -54,6 +54,11 @@ def validate(config: ml_collections.ConfigDict):
                               f'the {em.target!r} targets never carry a gradient')
 
 
+def create_network(config: ml_collections.ConfigDict):
+  """SimSiam's network with config.model's heads (the ablations' settings included)."""
+  return create_model(config.model, dtype=compute_dtype(config))
+
+
 # The parameters a k-step target copies: the encoder f, without the predictor.
 encoder_params = common.encoder_part
 
@@ -80,7 +85,7 @@ def bank_rows(num_train_examples: int, mesh) -> int:
 
 def create_train_state(rng, config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
                        mesh, num_train_examples: int) -> TrainState:
-  model = create_network(config.model, dtype=compute_dtype(config))
+  model = create_network(config)
   target = config.simsiam.target
 
   def init_method_state(rng, variables):

@@ -1,4 +1,4 @@
-"""simsiam_jax/xla_flags.py: the project's XLA settings on CPU hosts, and only there."""
+"""simsiam_jax/scale/xla_flags.py: the project's XLA settings on CPU hosts, and only there."""
 
 import os
 import re
@@ -9,7 +9,7 @@ import pytest
 
 from helpers import REPO_ROOT
 
-from simsiam_jax import xla_flags
+from simsiam_jax.scale import xla_flags
 
 _YNN = '--xla_cpu_experimental_ynn_fusion_type'
 

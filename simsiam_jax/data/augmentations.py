@@ -22,7 +22,6 @@ from typing import Sequence
 import tensorflow as tf
 
 _CROP_ATTEMPTS = 10
-JPEG_DCT_METHODS = ('INTEGER_ACCURATE', 'INTEGER_FAST')
 
 
 @dataclasses.dataclass(frozen=True)

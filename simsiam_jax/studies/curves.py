@@ -1,7 +1,7 @@
 """Training curves of runs (loss, z-std, kNN top-1 against epochs), read from their
 TensorBoard summaries and plotted in the style of the paper's Fig. 2:
 
-  python -m simsiam_jax.curves --workdirs=/tmp/run_a,/tmp/run_b --labels=a,b --out=fig.png
+  python -m simsiam_jax.studies.curves --workdirs=/tmp/run_a,/tmp/run_b --labels=a,b --out=fig.png
 """
 
 import math
@@ -9,7 +9,13 @@ import math
 import matplotlib
 from absl import app, flags
 
-from simsiam_jax import checkpointing, cli, input_pipeline, reporting
+from simsiam_jax import cli
+
+# Before the modules below load TensorFlow: its C++ start-up notices stay out of the log.
+cli.import_tensorflow_quietly()
+
+from simsiam_jax import checkpointing, reporting  # pylint: disable=wrong-import-position
+from simsiam_jax.data import input_pipeline  # pylint: disable=wrong-import-position
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from configs import base
-from simsiam_jax import augmentations
+from simsiam_jax import data
+from simsiam_jax.data import augmentations
 
 DRAWS = 2000
 
@@ -288,7 +289,7 @@ def test_accurate_idct_decodes_jpegs_as_pil_does():
   pil = np.asarray(Image.open(io.BytesIO(jpeg)).convert('RGB')).astype(int)
   full = lambda shape: tf.constant([[0, 0, 64, 64]])
   decoded = {method: augmentations.decode_windows(tf.constant(jpeg), full, augmentations.Decoding(
-      dct_method=method))[0].numpy().astype(int) for method in augmentations.JPEG_DCT_METHODS}
+      dct_method=method))[0].numpy().astype(int) for method in data.JPEG_DCT_METHODS}
   assert np.abs(decoded['INTEGER_ACCURATE'] - pil).max() <= 1
   assert np.abs(decoded['INTEGER_FAST'] - pil).sum() > np.abs(
       decoded['INTEGER_ACCURATE'] - pil).sum()

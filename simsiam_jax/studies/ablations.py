@@ -1,6 +1,6 @@
 """The paper's experiments at small scale, one command per study:
 
-  python -m simsiam_jax.ablations --config=configs/cifar10_cpu.py --workdir=/tmp/ablations \
+  python -m simsiam_jax.studies.ablations --config=configs/cifar10_cpu.py --workdir=/tmp/ablations \
       [--study=ablations|em|table4] [--variants=default,no_stop_gradient] \
       [--config.num_epochs=3]
 
@@ -24,9 +24,15 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simsiam_jax import checkpointing, cli, config_validation, curves, input_pipeline, reporting
-from simsiam_jax import train
-from simsiam_jax import workdir as workdir_lib
+from simsiam_jax import cli
+
+# Before the modules below load TensorFlow: its C++ start-up notices stay out of the log.
+cli.import_tensorflow_quietly()
+
+from simsiam_jax import checkpointing, config_validation, reporting, train  # pylint: disable=wrong-import-position
+from simsiam_jax import workdir as workdir_lib  # pylint: disable=wrong-import-position
+from simsiam_jax.data import input_pipeline  # pylint: disable=wrong-import-position
+from simsiam_jax.studies import curves  # pylint: disable=wrong-import-position
 
 # Study -> variant name -> (paper reference, config overrides).
 ABLATIONS = {

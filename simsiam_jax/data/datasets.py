@@ -18,16 +18,14 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from simsiam_jax.data import DataError
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 # Formats the folder source decodes; anything else in the folder is skipped.
 _FOLDER_FORMATS = ('JPEG', 'PNG')
 _SYNTHETIC_SPLITS = {'train': 0, 'test': 1}
 SYNTHETIC_NUM_CLASSES = 10
 SYNTHETIC_CLASS_NAMES = tuple(f'scene{i}' for i in range(SYNTHETIC_NUM_CLASSES))
-
-
-class DataError(ValueError):
-  """Unusable data or data config; the message names the config field or path."""
 
 
 @dataclasses.dataclass(frozen=True)

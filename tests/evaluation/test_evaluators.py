@@ -4,7 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from simsiam_jax import config_validation, evaluators, sharding, train
+from simsiam_jax import config_validation, sharding, train
+from simsiam_jax.evaluation import evaluators
 from simsiam_jax.reporting import read_scalars
 
 

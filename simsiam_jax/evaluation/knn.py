@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
 from simsiam_jax import losses, sharding
-from simsiam_jax.features import PAD_LABEL
+from simsiam_jax.evaluation.features import PAD_LABEL
 
 
 def build_feature_bank(features: Sequence[jax.Array], labels: Sequence[jax.Array], mesh: Mesh):

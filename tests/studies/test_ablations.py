@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import helpers
-from simsiam_jax import ablations, input_pipeline, losses, sharding
+from simsiam_jax import losses, sharding
+from simsiam_jax.data import input_pipeline
+from simsiam_jax.studies import ablations
 from simsiam_jax.methods import simsiam
 from simsiam_jax.models import create_model
 

@@ -10,11 +10,11 @@ import pytest
 import tensorflow as tf
 
 from configs import base
-from simsiam_jax import datasets
-from simsiam_jax import input_pipeline
+from helpers import REPO_ROOT
 from simsiam_jax import sharding
+from simsiam_jax.data import DataError, datasets, input_pipeline
 
-CIFAR10 = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'cifar10')
+CIFAR10 = os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cifar10')
 
 
 @pytest.fixture
@@ -249,7 +249,7 @@ def test_folder_source_reads_png_and_jpeg(config, tmp_path):
 
 def test_missing_root_names_the_path(config, tmp_path):
   config = folder_config(config, tmp_path / 'nowhere')
-  with pytest.raises(input_pipeline.DataError, match=r'config\.data\.root.*nowhere'):
+  with pytest.raises(DataError, match=r'config\.data\.root.*nowhere'):
     input_pipeline.num_pretrain_examples(config)
 
 
@@ -257,7 +257,7 @@ def test_missing_split_names_the_field(config, tmp_path):
   write_folder(tmp_path, split='train')
   config = folder_config(config, tmp_path)
   config.data.eval_split = 'val'
-  with pytest.raises(input_pipeline.DataError, match=r'config\.data\.eval_split.*val'):
+  with pytest.raises(DataError, match=r'config\.data\.eval_split.*val'):
     input_pipeline.create_eval_iterators(config)
 
 
@@ -265,7 +265,7 @@ def test_empty_class_folder_names_the_folder(config, tmp_path):
   write_folder(tmp_path)
   os.makedirs(tmp_path / 'train' / 'empty')
   config = folder_config(config, tmp_path)
-  with pytest.raises(input_pipeline.DataError, match=r'train/empty'):
+  with pytest.raises(DataError, match=r'train/empty'):
     input_pipeline.num_pretrain_examples(config)
 
 
@@ -308,13 +308,13 @@ def test_images_smaller_than_the_crop_are_upsampled_with_a_warning(config, tmp_p
 def test_unknown_tfds_name_names_the_field(config):
   config.data.source = 'tfds'
   config.data.tfds_name = 'no_such_dataset_xyz'
-  with pytest.raises(input_pipeline.DataError, match=r'config\.data\.tfds_name'):
+  with pytest.raises(DataError, match=r'config\.data\.tfds_name'):
     input_pipeline.num_pretrain_examples(config)
 
 
 def test_unknown_source_names_the_field(config):
   config.data.source = 'webdataset'
-  with pytest.raises(input_pipeline.DataError, match=r'config\.data\.source'):
+  with pytest.raises(DataError, match=r'config\.data\.source'):
     input_pipeline.num_pretrain_examples(config)
 
 
@@ -413,5 +413,5 @@ def test_tfds_files_are_reshuffled_every_epoch_and_a_resume_is_exact(config, tfd
 def test_tfds_unknown_split_names_the_field(config, tfds_data_dir):
   config = tfds_config(config, tfds_data_dir)
   config.data.train_split = 'unlabelled'
-  with pytest.raises(input_pipeline.DataError, match=r'config\.data\.train_split'):
+  with pytest.raises(DataError, match=r'config\.data\.train_split'):
     input_pipeline.num_pretrain_examples(config)

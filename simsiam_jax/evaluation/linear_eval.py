@@ -25,7 +25,9 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from simsiam_jax import checkpointing, config_validation, evaluators, features, input_pipeline
+from simsiam_jax import checkpointing, config_validation
+from simsiam_jax.data import input_pipeline
+from simsiam_jax.evaluation import evaluators, features
 from simsiam_jax import optimizer, reporting, sharding
 from simsiam_jax import workdir as workdir_lib
 

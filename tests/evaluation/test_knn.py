@@ -2,7 +2,8 @@ import jax
 import numpy as np
 import pytest
 
-from simsiam_jax import knn, sharding
+from simsiam_jax import sharding
+from simsiam_jax.evaluation import knn
 
 
 def _brute_force_votes(queries, bank, bank_labels, k, temperature, num_classes):

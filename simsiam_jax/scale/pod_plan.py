@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from simsiam_jax import config_validation, hardware, methods, sharding, train
+from simsiam_jax import config_validation, methods, sharding, train
+from simsiam_jax.scale import hardware
 from simsiam_jax.config_validation import ConfigError
 from simsiam_jax.train_state import compute_dtype
 

@@ -18,18 +18,15 @@ from typing import Callable, Iterator
 import jax
 import tensorflow as tf
 
-from simsiam_jax import augmentations
-from simsiam_jax import datasets
-from simsiam_jax import losses
-from simsiam_jax import sharding
-from simsiam_jax.datasets import DataError  # pylint: disable=unused-import
+from simsiam_jax import losses, sharding
+from simsiam_jax.data import DataError, augmentations, datasets
 
 # The host pipeline must leave accelerators to JAX.
 try:
   tf.config.set_visible_devices([], 'GPU')
   tf.config.set_visible_devices([], 'TPU')
 except RuntimeError:  # TensorFlow ran before this import; too late to hide them.
-  logging.warning('TensorFlow was initialized before simsiam_jax.input_pipeline was '
+  logging.warning('TensorFlow was initialized before simsiam_jax.data.input_pipeline was '
                   'imported and may hold accelerator memory; import it first.')
 
 

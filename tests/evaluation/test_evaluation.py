@@ -12,7 +12,10 @@ import pytest
 
 from helpers import (TINY_RUN, _StopAtStep, kill_after_a_checkpoint, make_tiny_config,
                      run_main)
-from simsiam_jax import curves, evaluators, features, input_pipeline, linear_eval, sharding
+from simsiam_jax import sharding
+from simsiam_jax.data import input_pipeline
+from simsiam_jax.evaluation import evaluators, features, linear_eval
+from simsiam_jax.studies import curves
 from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.checkpointing import CheckpointError
 from simsiam_jax.reporting import read_scalars

@@ -12,7 +12,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from simsiam_jax import preprocess, sharding
+from simsiam_jax import sharding
+from simsiam_jax.data import preprocess
 from simsiam_jax.models import resnet
 
 # The label of padding examples in evaluation batches and feature banks; it never scores.

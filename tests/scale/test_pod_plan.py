@@ -7,11 +7,12 @@ import pytest
 from helpers import run_main
 
 from configs import imagenet
-from simsiam_jax import config_validation, pod_plan
+from simsiam_jax import config_validation
+from simsiam_jax.scale import pod_plan
 from simsiam_jax.config_validation import ConfigError
 
 # SimSiam's ResNet-50 with the official heads: backbone, projector and predictor
-# (tests/test_models.py derives each count).
+# (tests/models/test_models.py derives each count).
 RESNET50_SIMSIAM_PARAMS = 23_508_032 + 12_591_104 + 2_100_224
 
 

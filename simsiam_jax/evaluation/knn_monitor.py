@@ -8,7 +8,8 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from simsiam_jax import features, input_pipeline, knn
+from simsiam_jax.data import input_pipeline
+from simsiam_jax.evaluation import features, knn
 from simsiam_jax.train_state import compute_dtype
 
 

@@ -15,7 +15,9 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from simsiam_jax import checkpointing, config_validation, features, input_pipeline, knn_monitor
+from simsiam_jax import checkpointing, config_validation
+from simsiam_jax.data import input_pipeline
+from simsiam_jax.evaluation import features, knn_monitor
 from simsiam_jax import sharding
 from simsiam_jax import workdir as workdir_lib
 
@@ -40,7 +42,7 @@ def is_due(every_epochs: int, step: int, steps_per_epoch: int, total_steps: int)
 def restore_backbone(config: ml_collections.ConfigDict, mesh: Mesh):
   """The backbone variables of config.pretrained_workdir's latest checkpoint, replicated on
   `mesh`; the checkpoint's model must be the one this config describes."""
-  variables, _ = checkpointing.restore_backbone_variables(config.pretrained_workdir, config)
+  variables, _ = checkpointing.restore_pretrained_variables(config.pretrained_workdir, config)
   return jax.device_put(features.backbone_variables(**variables), sharding.replicated(mesh))
 
 
