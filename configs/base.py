@@ -27,6 +27,10 @@ def get_model_config() -> ml_collections.ConfigDict:
   # BatchNorm in the heads (Table 3): 'none', 'hidden', 'default' (hidden + projector
   # output) or 'all' (also the predictor output).
   model.head_batch_norm = 'default'
+  # 'none', or recompute each residual block in the backward pass (jax.checkpoint with this
+  # policy of jax.checkpoint_policies: 'nothing_saveable' keeps only the block's input):
+  # less memory per image for about a third more compute; the same parameters.
+  model.remat = 'none'
   return model
 
 
@@ -213,13 +217,15 @@ def get_swav_config() -> ml_collections.ConfigDict:
 
 
 def get_pod_plan_config() -> ml_collections.ConfigDict:
+  """The compile-only plan of the run on TPU slices (--config.dry_run=True,
+  simsiam_jax/scale/pod_plan.py)."""
   pod_plan = ml_collections.ConfigDict()
-  # Comma-separated Cloud TPU slice names; v4-N and v5p-N count TensorCores (2 per chip),
-  # v5e-N chips.
-  pod_plan.slices = 'v4-8,v4-32,v5e-64'
-  # The share of the chip's peak FLOP/s the compute is assumed to reach: flax's
-  # examples/imagenet ResNet-50 reaches about 40% on TPU.
-  pod_plan.assumed_mfu = 0.4
+  # Comma-separated Cloud TPU slice names of a power of two chips; v4-N and v5p-N count
+  # TensorCores (2 per chip), v5e-N and v6e-N chips.
+  pod_plan.slices = 'v4-8,v4-32,v5e-16,v5e-64,v5p-128,v6e-16'
+  # 'tpu' (libtpu's compiler: pip install ".[tpu]"), 'cpu' (fake CPU devices: the CPU
+  # compiler's memory and collectives, off by factors) or 'auto' (TPU where installed).
+  pod_plan.compiler = 'auto'
   # Training-set size the schedules (and a memory bank) are built for: ImageNet's.
   pod_plan.num_examples = 1_281_167
   return pod_plan
@@ -269,8 +275,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # A warning once z-std stays below this fraction of 1/sqrt(dim) for a whole log window.
   config.collapse_warning_fraction = 0.2
 
-  # True: no training; compile the train step for the TPU slices of pod_plan on fake CPU
-  # devices and print their per-chip memory, FLOPs, collectives and estimated step time
+  # True: no training; compile the train step for the TPU slices of pod_plan and print, per
+  # chip, its HBM against the chip's, a roofline, its collectives and the estimated step
   # (simsiam_jax/scale/pod_plan.py).
   config.dry_run = False
   config.pod_plan = get_pod_plan_config()

@@ -251,8 +251,13 @@ STATE_FIELDS = {'method': 'simsiam', 'simsiam.target': 'online', 'optim.optimize
                 'moco_v2.queue_size': 65_536, 'swav.num_prototypes': 3000}
 
 
+# Model fields that change how the network computes, not its parameters.
+_COMPUTE_ONLY_MODEL_FIELDS = ('model.remat',)
+
+
 def model_fields(flat_config: dict[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in flat_config.items() if k.startswith('model.')}
+  return {k: v for k, v in flat_config.items()
+          if k.startswith('model.') and k not in _COMPUTE_ONLY_MODEL_FIELDS}
 
 
 def pretraining_state_fields(flat_config: dict[str, Any]) -> dict[str, Any]:

@@ -154,6 +154,7 @@ def validate_config(config: ml_collections.ConfigDict, *, device_count: int,
   _require_divisible(config, 'batch_size', device_count, process_count)
   for field, choices in (('model.predictor', simsiam.PREDICTORS),
                          ('model.head_batch_norm', tuple(heads.HEAD_BATCH_NORM)),
+                         ('model.remat', resnet.REMAT_POLICIES),
                          ('similarity', tuple(losses.SIMILARITIES)),
                          ('loss_symmetry', losses.SYMMETRIES),
                          ('optim.lr_schedule', optimizer.LR_SCHEDULES),

@@ -52,7 +52,7 @@ def main(argv):
     if FLAGS.config.dry_run:
       # Before anything starts JAX's backend: the plan's fake devices.
       config_validation.validate_mode(FLAGS.config)
-      pod_plan.use_fake_devices(FLAGS.config.pod_plan)
+      pod_plan.prepare_backend(FLAGS.config.pod_plan)
     elif FLAGS.distributed:
       initialize_distributed()
     logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),

@@ -52,7 +52,7 @@ SLOW_TESTS = (
 # loadscope` then end together on short modules rather than one waiting for the other.
 LONG_MODULES = ('test_torch_parity.py', 'test_train_loop.py', 'test_multihost.py',
                 'test_bad_input.py', 'test_methods.py', 'test_evaluation.py', 'test_packaging.py',
-                'test_ablations.py', 'test_em_variants.py')
+                'test_ablations.py', 'test_em_variants.py', 'test_pod_plan.py')
 
 
 def pytest_collection_modifyitems(config, items):

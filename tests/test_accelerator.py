@@ -1,8 +1,8 @@
 """The smoke run on a GPU or TPU (configs/gpu_smoke.py): ResNet-50 in bfloat16 trains, its
 loss finite and falling, checkpoints, resumes from the checkpoint, and evaluates kNN.
 
-Marked `accelerator`; on a host without a TPU or GPU plugin for JAX each test is skipped
-with the reason. `.ci/accelerator` runs them on a GPU host. The runs are subprocesses
+Marked `accelerator`; on a host without a TPU or GPU (or without JAX's plugin for it) each
+test is skipped with the reason. `.ci/accelerator` runs them on a GPU host. The runs are subprocesses
 without the session's 8 fake CPU devices (tests/conftest.py), so that JAX picks the
 accelerator.
 """
@@ -21,9 +21,10 @@ from simsiam_jax.scale import xla_flags
 
 pytestmark = [
     pytest.mark.accelerator,
-    pytest.mark.skipif(not xla_flags.accelerator_plugin_installed(),
-                       reason='no TPU or GPU plugin for JAX on this host (jax[cuda12] or '
-                              'jax[tpu]); the accelerator smoke tests run on GPU/TPU hosts'),
+    pytest.mark.skipif(not xla_flags.accelerator_present(),
+                       reason='no TPU or GPU for JAX on this host (or no jax[cuda12] or '
+                              'jax[tpu] for it); the accelerator smoke tests run on GPU/TPU '
+                              'hosts'),
 ]
 
 

@@ -181,8 +181,21 @@ MUTANTS = (
            'outputs = network.apply(variables, images.astype(dtype), train=True,',
            ('tests/test_pretrained.py::test_the_encoder_gives_the_knn_evaluators_features',)),
     Mutant('pod_plan_misses_tuple_collectives', 'simsiam_jax/scale/pod_plan.py',
-           r"=\s*(.*?)\s+(", r"=\s*([^=]*?)\s+(",
-           ('tests/scale/test_pod_plan.py',)),
+           r"[\w.\-]+\s*=\s*(.*?)\s+(' + '|'", r"[\w.\-]+\s*=\s*([^=]*?)\s+(' + '|'",
+           ('tests/scale/test_pod_plan.py::test_collectives_their_bytes_and_kind_are_read_from_'
+            'compiled_hlo',)),
+    Mutant('pod_plan_counts_on_chip_memory_as_hbm', 'simsiam_jax/scale/pod_plan.py',
+           "space = int(next(iter(_SPACE.findall(layout)), 0))", "space = 0",
+           ('tests/scale/test_pod_plan.py::test_the_hbm_share_leaves_out_buffers_in_on_chip_'
+            'memory',)),
+    Mutant('pod_plan_fit_ignores_the_chips_hbm', 'simsiam_jax/scale/pod_plan.py',
+           "return compiled is not None and hbm_bytes(compiled)['total'] <= chip.hbm_bytes",
+           'return compiled is not None',
+           ('tests/scale/test_pod_plan.py::test_a_batch_too_large_for_the_chip_is_a_row_with_the_'
+            'batch_that_fits',)),
+    Mutant('remat_renames_the_blocks', 'simsiam_jax/models/resnet.py',
+           "name=f'{self.block_cls.__name__}_{index}')(x)", ')(x)',
+           ('tests/models/test_models.py::test_remat_recomputes_the_same_network',)),
 )
 
 

@@ -7,17 +7,26 @@ sampling grid by a pixel), BatchNorm with torch's semantics (`layers.BatchNorm`:
 momentum 0.1, unbiased running variance), He (fan-out) initialisation, and the last
 BatchNorm scale of every residual branch set to zero (`zero_init_residual=True`, as the
 official SimSiam code builds its encoder). `models/torchvision_format.py` maps the names.
+
+`remat` (config.model.remat) recomputes each residual block in the backward pass
+(jax.checkpoint with the named policy of jax.checkpoint_policies) instead of keeping its
+activations: less memory per image for about one more forward pass of compute. The
+parameters and their names stay the same.
 """
 
 import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from simsiam_jax.models import layers
 
 ModuleDef = Any
+
+# config.model.remat: 'none', or the jax.checkpoint_policies policy of each block's remat.
+REMAT_POLICIES = ('none', 'nothing_saveable', 'dots_saveable')
 
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -82,6 +91,7 @@ class ResNet(nn.Module):
   width: int = 64
   cifar_stem: bool = False
   dtype: Any = jnp.float32
+  remat: str = 'none'
 
   @property
   def feature_dim(self) -> int:
@@ -98,10 +108,17 @@ class ResNet(nn.Module):
       x = conv(self.width, (7, 7), (2, 2), name='stem_conv')(x)
       x = nn.relu(norm(name='stem_norm')(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    block_cls = self.block_cls if self.remat == 'none' else nn.remat(
+        self.block_cls, policy=getattr(jax.checkpoint_policies, self.remat))
+    index = 0
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = self.block_cls(self.width * 2**stage, conv=conv, norm=norm, strides=strides)(x)
+        # Named as without remat (flax would prefix 'Checkpoint'), so checkpoints and the
+        # torchvision names are the same either way.
+        x = block_cls(self.width * 2**stage, conv=conv, norm=norm, strides=strides,
+                      name=f'{self.block_cls.__name__}_{index}')(x)
+        index += 1
     return jnp.mean(x, axis=(1, 2))
 
 
@@ -123,9 +140,9 @@ def total_stride(cifar_stem: bool) -> int:
 
 
 def create_backbone(name: str, *, width: int = 64, cifar_stem: bool = False,
-                    dtype: Any = jnp.float32) -> ResNet:
+                    dtype: Any = jnp.float32, remat: str = 'none') -> ResNet:
   if name not in ARCHITECTURES:
     raise ValueError(f'unknown backbone {name!r}; choose one of {", ".join(BACKBONE_NAMES)}')
   stage_sizes, block_cls = ARCHITECTURES[name]
   return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, width=width,
-                cifar_stem=cifar_stem, dtype=dtype)
+                cifar_stem=cifar_stem, dtype=dtype, remat=remat)

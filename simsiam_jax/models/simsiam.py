@@ -45,7 +45,8 @@ def create_model(model_config: ml_collections.ConfigDict, dtype: Any = jnp.float
   FLOPs with the official dims), so bfloat16 would save little and round the targets."""
   head_dtype = jnp.promote_types(dtype, jnp.float32)
   backbone = resnet.create_backbone(model_config.name, width=model_config.width,
-                                    cifar_stem=model_config.cifar_stem, dtype=dtype)
+                                    cifar_stem=model_config.cifar_stem, dtype=dtype,
+                                    remat=model_config.get('remat', 'none'))
   hidden_bn, projector_output_bn, predictor_output_bn = heads.HEAD_BATCH_NORM[
       model_config.head_batch_norm]
   projector = heads.Projector(num_layers=model_config.projector_layers,

@@ -1,23 +1,40 @@
 """A compile-only plan of a pretraining run on TPU slices: `--config.dry_run=True`.
 
-For each slice of `config.pod_plan.slices` the real train step is lowered and compiled for
-a mesh of that many chips, made of fake CPU devices (main.py asks for them before JAX's
-backend starts). The train state is shapes only (jax.eval_shape): no parameter is
-allocated and no data is read. From the compiled program come the FLOPs of one device's
-step (XLA's cost analysis), its memory (XLA's memory analysis, of the CPU compiler: the
-TPU compiler lays out and fuses differently, so read it as an estimate) and every
-collective with the bytes it moves. The estimated step time adds the compute at
-`assumed_mfu` of the chip's peak to the collectives at the slice's all-reduce bandwidth
-(ring: an all-reduce moves 2(n-1)/n of its bytes, an all-gather or reduce-scatter
-(n-1)/n), with no overlap, so it is an upper bound of the step at that MFU.
+For each slice of `config.pod_plan.slices` the real train step of the config is compiled
+for that slice, with the train state as shapes only (jax.eval_shape): no parameter is
+allocated and no data is read. With libtpu installed (`pip install ".[tpu]"`), the TPU
+compiler compiles it for the slice's real topology (jax.experimental.topologies gives
+compile-only TPU devices on any host, as MaxText's train_compile.py does); without it,
+the CPU compiler does, on as many fake CPU devices as the slice has chips, and its memory
+and collectives are the CPU program's (which neither tiles to TPU layouts nor fuses nor
+combines collectives as the TPU compiler does): each row names its compiler.
 
-The CPU compiler all-reduces each view's weight gradients on its own (the two encoder
-calls), twice the float32 gradients; the table shows both figures. The TPU compiler may
-merge the two (all-reduce reassociation), so the communication is an upper bound too.
+Per chip, from the compiled program:
+- HBM: its arguments, outputs, temporaries and generated code (the donated state counted
+  once) against the chip's HBM (data sheet): fits or does not fit. Where the config's batch
+  does not fit, the largest power-of-two batch per chip that fits is found by compiling
+  (halving from the config's), and the one that fits with `model.remat` (each residual
+  block recomputed in the backward pass); the other figures are then those of the largest
+  batch that fits.
+- A roofline from XLA's cost analysis: its FLOPs against the chip's peak (compute time),
+  its bytes accessed that are HBM's against the chip's HBM bandwidth (memory time), the
+  bound (the larger) and the ceiling on MFU that follows (compute time / the larger). The
+  bytes accessed are the reads and writes of the fused program's top-level instructions;
+  their HBM share is the share of those bytes whose buffers the compiler left in the
+  default memory space (`memory_space_bytes`), not in on-chip memory.
+- Its collectives by kind, count and bytes, the all-reduces of weight gradients (any
+  operand of rank 2 or more) told apart from those of vectors and scalars (BatchNorm
+  statistics and their gradients, BatchNorm parameters' gradients, metrics); their time is
+  a bandwidth term (ring: an all-reduce moves 2(n-1)/n of its bytes per chip, at the data
+  sheet's all-reduce bandwidth per chip) plus a latency term (ICI_HOP_LATENCY_S per hop,
+  an all-reduce taking 2 floor(a/2) hops along each torus axis of a chips).
+- The estimated step: the roofline time plus the communication time, with no overlap.
 """
 
 import dataclasses
+import importlib.util
 import json
+import math
 import os
 import re
 
@@ -27,42 +44,66 @@ import ml_collections
 from absl import logging
 
 from simsiam_jax import config_validation, methods, sharding, train
-from simsiam_jax.scale import hardware
 from simsiam_jax.config_validation import ConfigError
+from simsiam_jax.scale import hardware
 from simsiam_jax.train_state import compute_dtype
+
+COMPILERS = ('auto', 'tpu', 'cpu')
 
 
 @dataclasses.dataclass(frozen=True)
 class TpuGeneration:
-  peak_key: str  # The entry of hardware.PEAK_TFLOPS.
+  chip: str  # The entry of hardware.TPU_CHIPS.
+  topology_prefix: str  # libtpu's topology name: 'v4:2x2x1', 'v5e:4x4'.
+  # 'megacore': one JAX device per chip, its two TensorCores together (v4, v5p, as they
+  # train); 'default' for the one-TensorCore chips.
+  chip_config: str
   cores_per_chip_in_name: int  # v4-8 counts TensorCores (2 per chip); v5e-8 counts chips.
-  all_reduce_gb_per_s_per_chip: float
+  torus_axes: int
 
 
-# All-reduce bandwidth per chip: the data sheet's all-reduce bandwidth per pod over its chips
-# (cloud.google.com/tpu/docs: v4 1.1 PB/s over 4,096 chips; v5e 51.2 TB/s over 256 chips;
-# v5p 4,800 Gbps ICI per chip, half of it taken for an all-reduce's each direction).
 TPU_GENERATIONS = {
-    'v4': TpuGeneration('TPU v4', 2, 1.1e15 / 4096 / 1e9),
-    'v5e': TpuGeneration('TPU v5 lite', 1, 51.2e12 / 256 / 1e9),
-    'v5litepod': TpuGeneration('TPU v5 lite', 1, 51.2e12 / 256 / 1e9),
-    'v5p': TpuGeneration('TPU v5p', 2, 4800 / 8 / 2),
+    'v4': TpuGeneration('v4', 'v4', 'megacore', 2, 3),
+    'v5p': TpuGeneration('v5p', 'v5', 'megacore', 2, 3),
+    'v5e': TpuGeneration('v5e', 'v5e', 'default', 1, 2),
+    'v5litepod': TpuGeneration('v5e', 'v5e', 'default', 1, 2),
+    'v6e': TpuGeneration('v6e', 'v6e', 'default', 1, 2),
 }
 
-# Collectives in compiled HLO and the share of their bytes each device sends over a ring.
-_RING_FACTORS = {'all-reduce': lambda n: 2 * (n - 1) / n, 'all-gather': lambda n: (n - 1) / n,
-                 'reduce-scatter': lambda n: (n - 1) / n, 'all-to-all': lambda n: (n - 1) / n,
-                 'collective-permute': lambda n: 1.0}
-_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
-                'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8}
-# `%name = TYPE op(`; a tuple TYPE may hold `/*index=5*/` comments.
-_COLLECTIVE = re.compile(r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+(' + '|'.join(_RING_FACTORS) +
-                         r')(?:-start)?\(')
-_SHAPE = re.compile(r'\b(' + '|'.join(_DTYPE_BYTES) + r')\[([\d,]*)\]')
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  name: str
+  generation: TpuGeneration
+  shape: tuple[int, ...]  # Chips along each torus axis.
+
+  @property
+  def chips(self) -> int:
+    return math.prod(self.shape)
+
+  @property
+  def topology_name(self) -> str:
+    return f'{self.generation.topology_prefix}:{"x".join(map(str, self.shape))}'
+
+  @property
+  def all_reduce_hops(self) -> int:
+    """Hops of an all-reduce over the slice: a reduce-scatter and an all-gather along each
+    torus axis, floor(a/2) hops each way on a bidirectional ring of a chips."""
+    return sum(2 * (a // 2) for a in self.shape)
 
 
-def parse_slice(name: str) -> tuple[TpuGeneration, int]:
-  """('v4-32' ->) the TPU generation and the number of chips (JAX devices) of the slice."""
+def slice_shape(chips: int, torus_axes: int) -> tuple[int, ...]:
+  """The slice shapes of Cloud TPU for a power-of-two number of chips: 2D 2x4, 4x4, 8x16;
+  3D 2x2x1, 2x2x4, 4x4x8 (the larger axes last)."""
+  k = chips.bit_length() - 1
+  if torus_axes == 3 and k == 2:
+    return (2, 2, 1)
+  exponents = [k // torus_axes + (i >= torus_axes - k % torus_axes) for i in range(torus_axes)]
+  return tuple(2**e for e in exponents)
+
+
+def parse_slice(name: str) -> Slice:
+  """'v4-32' -> the slice: its generation and its chips along each torus axis."""
   match = re.fullmatch(r'(v\w+?)-(\d+)', name.strip())
   if not match or match.group(1) not in TPU_GENERATIONS:
     raise ConfigError(f'config.pod_plan.slices: {name!r} is not a TPU slice name such as '
@@ -72,41 +113,153 @@ def parse_slice(name: str) -> tuple[TpuGeneration, int]:
   if cores % generation.cores_per_chip_in_name:
     raise ConfigError(f'config.pod_plan.slices: {name!r} counts TensorCores, '
                       f'{generation.cores_per_chip_in_name} per chip')
-  return generation, cores // generation.cores_per_chip_in_name
+  chips = cores // generation.cores_per_chip_in_name
+  smallest = 4 if generation.torus_axes == 3 else 1
+  if chips & (chips - 1) or chips < smallest:
+    raise ConfigError(f'config.pod_plan.slices: {name!r} has {chips} chips; the plan knows '
+                      f'the slices of a power of two chips, at least {smallest}')
+  return Slice(name.strip(), generation, slice_shape(chips, generation.torus_axes))
 
 
-def slices(pod_plan: ml_collections.ConfigDict) -> dict[str, tuple[TpuGeneration, int]]:
+def slices(pod_plan: ml_collections.ConfigDict) -> list[Slice]:
   names = [name.strip() for name in pod_plan.slices.split(',') if name.strip()]
   if not names:
     raise ConfigError('config.pod_plan.slices: name at least one TPU slice, e.g. v4-8')
-  return {name: parse_slice(name) for name in names}
+  return [parse_slice(name) for name in names]
 
 
-def use_fake_devices(pod_plan: ml_collections.ConfigDict):
-  """Makes JAX start on the CPU with as many devices as the largest slice has chips. Must
-  run before JAX's backend starts; replaces any device count XLA_FLAGS already asks for."""
-  count = max(chips for _, chips in slices(pod_plan).values())
-  kept = [flag for flag in os.environ.get('XLA_FLAGS', '').split()
-          if not flag.startswith('--xla_force_host_platform_device_count=')]
-  os.environ['XLA_FLAGS'] = ' '.join([*kept, f'--xla_force_host_platform_device_count={count}'])
+def tpu_compiler_installed() -> bool:
+  return importlib.util.find_spec('libtpu') is not None
+
+
+def compiler(pod_plan: ml_collections.ConfigDict) -> str:
+  """'tpu' or 'cpu': config.pod_plan.compiler, 'auto' taking the TPU compiler if installed."""
+  config_validation.require(pod_plan.compiler in COMPILERS, 'config.pod_plan.compiler',
+                            pod_plan.compiler, f'choose one of {", ".join(COMPILERS)}')
+  if pod_plan.compiler == 'tpu' and not tpu_compiler_installed():
+    raise ConfigError("config.pod_plan.compiler='tpu': libtpu is not installed; "
+                      'pip install ".[tpu]"')
+  if pod_plan.compiler == 'auto':
+    return 'tpu' if tpu_compiler_installed() else 'cpu'
+  return pod_plan.compiler
+
+
+def prepare_backend(pod_plan: ml_collections.ConfigDict):
+  """Before JAX's backend starts: JAX on the CPU (the TPU compiler needs no TPU backend),
+  with as many fake devices as the largest slice has chips where the CPU compiler plans."""
+  if compiler(pod_plan) == 'cpu':
+    count = max(s.chips for s in slices(pod_plan))
+    kept = [flag for flag in os.environ.get('XLA_FLAGS', '').split()
+            if not flag.startswith('--xla_force_host_platform_device_count=')]
+    os.environ['XLA_FLAGS'] = ' '.join(
+        [*kept, f'--xla_force_host_platform_device_count={count}'])
   jax.config.update('jax_platforms', 'cpu')
 
 
-def collectives(hlo_text: str) -> list[tuple[str, int]]:
-  """(op, bytes of its result) for each collective of a compiled HLO module's text."""
+def devices(slice_: Slice, compiler_name: str) -> list:
+  """The slice's compile-only TPU devices, one per chip; or as many fake CPU devices."""
+  if compiler_name == 'cpu':
+    available = jax.device_count()
+    if slice_.chips > available:
+      raise ConfigError(f'the plan of {slice_.name} needs {slice_.chips} devices and JAX has '
+                        f'{available}: run it through `python -m simsiam_jax.main`, which '
+                        'asks for them')
+    return jax.devices()[:slice_.chips]
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # Before libtpu loads: there is no TPU here to ask a metadata server about; libtpu prints
+  # warnings for the host it would run on unless these describe one; and compiling takes no
+  # TPU, so other processes may load libtpu at the same time (its lockfile guards a TPU).
+  for variable, value in (('TPU_SKIP_MDS_QUERY', '1'), ('TPU_WORKER_HOSTNAMES', 'localhost'),
+                          ('TPU_ACCELERATOR_TYPE', slice_.name),
+                          ('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')):
+    os.environ.setdefault(variable, value)
+  host_bounds = tuple(min(2, a) for a in (*slice_.shape, 1)[:3])
+  return topologies.get_topology_desc(
+      platform='tpu', topology_name=slice_.topology_name,
+      chip_config_name=slice_.generation.chip_config, chips_per_host_bounds=host_bounds,
+      num_slices=1).devices
+
+
+# Collectives in compiled HLO and the share of their bytes each chip sends over a ring.
+_RING_FACTORS = {'all-reduce': lambda n: 2 * (n - 1) / n, 'all-gather': lambda n: (n - 1) / n,
+                 'reduce-scatter': lambda n: (n - 1) / n, 'all-to-all': lambda n: (n - 1) / n,
+                 'collective-permute': lambda n: 1.0}
+_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
+                'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8}
+# `%name = TYPE op(`; a tuple TYPE may hold `/*index=5*/` comments.
+_COLLECTIVE = re.compile(r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+(' + '|'.join(_RING_FACTORS) +
+                         r')(?:-start)?\(')
+_SHAPE = re.compile(r'\b(' + '|'.join(_DTYPE_BYTES) + r')\[([\d,]*)\]')
+GRADIENTS, VECTORS = 'weight gradients', 'vectors and scalars'
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+  op: str
+  bytes: int
+  rank: int  # The largest rank among its results.
+
+  @property
+  def category(self) -> str:
+    return GRADIENTS if self.rank >= 2 else VECTORS
+
+
+def collectives(hlo_text: str) -> list[Collective]:
+  """Each collective of a compiled HLO module's text, with the bytes of its result."""
   found = []
   for line in hlo_text.splitlines():
     match = _COLLECTIVE.search(line)
     if match:
       result_type, op = match.groups()
-      size = 0
+      size, rank = 0, 0
       for dtype, dims in _SHAPE.findall(result_type):
-        elements = 1
-        for dim in filter(None, dims.split(',')):
-          elements *= int(dim)
-        size += elements * _DTYPE_BYTES[dtype]
-      found.append((op, size))
+        shape = [int(d) for d in dims.split(',') if d]
+        size += math.prod(shape) * _DTYPE_BYTES[dtype]
+        rank = max(rank, len(shape))
+      found.append(Collective(op, size, rank))
   return found
+
+
+# `%name = TYPE op(operands...`, an instruction of an HLO computation.
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$')
+# A shape with its layout; `S(n)` in the layout names a memory space other than the default.
+_SHAPE_IN_SPACE = re.compile(r'\b(' + '|'.join(_DTYPE_BYTES) + r')\[([\d,]*)\](?:\{([^}]*)\})?')
+_SPACE = re.compile(r'S\((\d+)\)')
+# Instructions that move no data of their own.
+_NO_TRAFFIC = ('parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast')
+
+
+def memory_space_bytes(hlo_text: str) -> dict[int, int]:
+  """{memory space: bytes} read and written by the top-level instructions (the fusions,
+  convolutions, collectives) of a compiled module's entry computation: the traffic between
+  them, which XLA's 'bytes accessed' counts. Space 0 is the default, HBM; the TPU compiler's
+  memory-space assignment moves some buffers to on-chip memory (S(n) in their layouts, such
+  as v4's 128 MiB CMEM)."""
+  entry = hlo_text[hlo_text.index('\nENTRY '):]
+  entry = entry[:entry.find('\n}')]
+  defined, traffic = {}, {}
+  for line in entry.splitlines()[1:]:
+    match = _INSTRUCTION.match(line)
+    if not match:
+      continue
+    name, result_type, op, rest = match.groups()
+    sizes = {}
+    for dtype, dims, layout in _SHAPE_IN_SPACE.findall(result_type):
+      space = int(next(iter(_SPACE.findall(layout)), 0))
+      sizes[space] = sizes.get(space, 0) + math.prod(
+          int(d) for d in dims.split(',') if d) * _DTYPE_BYTES[dtype]
+    defined[name] = sizes
+    # Async copies ('-start'/'-done': prefetches between memory spaces, their results
+    # aliasing their sources) are left out; their data is counted where it is used.
+    if op in _NO_TRAFFIC or op.endswith(('-start', '-done')):
+      continue
+    # Its operands: the instructions it names (the computations it calls are not in
+    # `defined`).
+    operands = [name for name in re.findall(r'%([\w.\-]+)', rest) if name in defined]
+    for sizes_of in [sizes] + [defined[operand] for operand in operands]:
+      for space, size in sizes_of.items():
+        traffic[space] = traffic.get(space, 0) + size
+  return traffic
 
 
 def _abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:
@@ -115,76 +268,197 @@ def _abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:
           for name, shape in train.batch_shapes(config).items()}
 
 
-def plan_slice(config: ml_collections.ConfigDict, name: str, generation: TpuGeneration,
-               chips: int) -> dict:
-  """The compiled step's figures on `chips` fake devices and the slice's estimated step."""
-  available = jax.device_count()
-  if chips > available:
-    raise ConfigError(f'the plan of {name} needs {chips} devices and JAX has {available}: '
-                      'run it through `python -m simsiam_jax.main`, which asks for them')
-  config_validation.validate_config(config, device_count=chips)
+def _does_not_fit(error: Exception) -> bool:
+  return 'RESOURCE_EXHAUSTED' in str(error) or 'Ran out of memory' in str(error)
+
+
+def compile_step(config: ml_collections.ConfigDict, slice_devices: list):
+  """The train step compiled for a mesh of `slice_devices`; None where the compiler says it
+  does not fit in memory."""
+  config_validation.validate_config(config, device_count=len(slice_devices))
   method = methods.get(config.method)
   method.validate(config)
   num_examples = config.pod_plan.num_examples
   steps_per_epoch = max(num_examples // config.batch_size, 1)
-  mesh = sharding.create_mesh(jax.devices()[:chips])
+  mesh = sharding.create_mesh(slice_devices)
   tx = method.create_optimizer(config, steps_per_epoch)
   state = jax.eval_shape(lambda: method.create_train_state(
       jax.random.key(config.seed), config, tx, mesh, num_examples))
-  compiled = train.make_train_step(config, steps_per_epoch, mesh, state).lower(
-      state, _abstract_batch(config, mesh)).compile()
-  flops = train.step_flops(compiled)
-  ops = collectives(compiled.as_text())
-  by_op = {}
-  for op, size in ops:
-    by_op.setdefault(op, [0, 0])
-    by_op[op][0] += 1
-    by_op[op][1] += size
-  dtype = str(jnp.dtype(compute_dtype(config)))
-  peak = hardware.data_sheet_peak_tflops(generation.peak_key, dtype)
-  compute_s = flops / (peak * 1e12 * config.pod_plan.assumed_mfu)
-  comm_s = sum(_RING_FACTORS[op](chips) * size for op, size in ops) / (
-      generation.all_reduce_gb_per_s_per_chip * 1e9)
-  step_s = compute_s + comm_s
-  gradient_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
+  lowered = train.make_train_step(config, steps_per_epoch, mesh, state).lower(
+      state, _abstract_batch(config, mesh))
+  try:
+    return lowered.compile()
+  except Exception as error:  # pylint: disable=broad-except
+    if _does_not_fit(error):
+      return None
+    raise
+
+
+def hbm_bytes(compiled) -> dict[str, int]:
+  """The compiled program's memory per chip: arguments, outputs, temporaries, generated code,
+  and the total: the compiler's peak where it gives one (the TPU compiler's, which knows
+  which buffers live at once), else their sum with the donated state counted once."""
+  analysis = compiled.memory_analysis()
+  sizes = {'arguments': analysis.argument_size_in_bytes,
+           'outputs': analysis.output_size_in_bytes,
+           'temporaries': analysis.temp_size_in_bytes,
+           'generated_code': analysis.generated_code_size_in_bytes}
+  summed = sum(sizes.values()) - analysis.alias_size_in_bytes
+  return {**sizes, 'total': getattr(analysis, 'peak_memory_in_bytes', 0) or summed}
+
+
+def _with_batch(config: ml_collections.ConfigDict, batch_per_chip: int, chips: int,
+                remat: str | None = None) -> ml_collections.ConfigDict:
+  config = config.copy_and_resolve_references()
+  config.batch_size = batch_per_chip * chips
+  if remat is not None:
+    config.model.remat = remat
+  return config
+
+
+def fits(compiled, chip: hardware.TpuChip) -> bool:
+  return compiled is not None and hbm_bytes(compiled)['total'] <= chip.hbm_bytes
+
+
+def largest_fitting_batch(config: ml_collections.ConfigDict, slice_: Slice, slice_devices,
+                          start_per_chip: int, remat: str | None = None):
+  """(the largest power-of-two batch per chip from `start_per_chip` down that fits, its
+  compiled step), found by compiling; (0, None) if not even one image fits."""
+  chip = hardware.TPU_CHIPS[slice_.generation.chip]
+  per_chip = start_per_chip
+  while per_chip >= 1:
+    logging.info('%s: compiling at batch %d per chip%s...', slice_.name, per_chip,
+                 f' with model.remat={remat}' if remat else '')
+    compiled = compile_step(_with_batch(config, per_chip, slice_.chips, remat), slice_devices)
+    if fits(compiled, chip):
+      return per_chip, compiled
+    per_chip //= 2
+  return 0, None
+
+
+def step_cost(compiled) -> dict[str, float]:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost  # A list in older jaxlibs.
+  return {'flops': float(cost.get('flops', math.nan)),
+          'bytes_accessed': float(cost.get('bytes accessed', math.nan))}
+
+
+def estimate(compiled, slice_: Slice, dtype: str, batch_size: int) -> dict:
+  """The roofline, the communication and the estimated step of one chip's program."""
+  chip = hardware.TPU_CHIPS[slice_.generation.chip]
+  cost = step_cost(compiled)
+  compute_s = cost['flops'] / (hardware.data_sheet_peak_tflops(chip.peak_key, dtype) * 1e12)
+  text = compiled.as_text()
+  spaces = memory_space_bytes(text)
+  hbm_share = spaces.get(0, 0) / max(sum(spaces.values()), 1)
+  memory_s = cost['bytes_accessed'] * hbm_share / chip.hbm_bytes_per_s
+  roofline_s = max(compute_s, memory_s)
+  ops = collectives(text)
+  by_kind = {}
+  for c in ops:
+    entry = by_kind.setdefault(c.category, {}).setdefault(c.op, {'count': 0, 'mib': 0.0})
+    entry['count'] += 1
+    entry['mib'] += c.bytes / 2**20
+  hops = {'all-reduce': slice_.all_reduce_hops, 'all-gather': slice_.all_reduce_hops / 2,
+          'reduce-scatter': slice_.all_reduce_hops / 2, 'all-to-all': slice_.all_reduce_hops / 2,
+          'collective-permute': 1}
+  bandwidth_s = sum(_RING_FACTORS[c.op](slice_.chips) * c.bytes
+                    for c in ops) / chip.all_reduce_bytes_per_s
+  latency_s = sum(hops[c.op] for c in ops) * hardware.ICI_HOP_LATENCY_S
+  step_s = roofline_s + bandwidth_s + latency_s
   return {
-      'slice': name, 'chips': chips, 'batch_per_chip': config.batch_size // chips,
-      'dtype': dtype, 'gflop_per_chip_step': flops / 1e9,
-      'memory_mib_per_chip': train.step_memory_mib(compiled),
-      'gradient_mib': gradient_bytes / 2**20,
-      'collectives': {op: {'count': count, 'mib': size / 2**20}
-                      for op, (count, size) in sorted(by_op.items())},
-      'peak_tflops_per_chip': peak, 'assumed_mfu': config.pod_plan.assumed_mfu,
-      'all_reduce_gb_per_s_per_chip': generation.all_reduce_gb_per_s_per_chip,
-      'compute_ms': compute_s * 1e3, 'communication_ms': comm_s * 1e3, 'step_ms': step_s * 1e3,
-      'communication_share': comm_s / step_s, 'images_per_second': config.batch_size / step_s}
+      'gflop_per_chip': cost['flops'] / 1e9, 'gb_accessed_per_chip': cost['bytes_accessed'] / 1e9,
+      'hbm_share_of_bytes_accessed': hbm_share,
+      'compute_ms': compute_s * 1e3, 'memory_ms': memory_s * 1e3,
+      'bound': 'memory' if memory_s > compute_s else 'compute',
+      'mfu_ceiling': compute_s / roofline_s, 'collectives': by_kind,
+      'communication_bandwidth_ms': bandwidth_s * 1e3,
+      'communication_latency_ms': latency_s * 1e3, 'step_ms': step_s * 1e3,
+      'communication_share': (bandwidth_s + latency_s) / step_s,
+      'images_per_second': batch_size / step_s}
+
+
+def plan_slice(config: ml_collections.ConfigDict, slice_: Slice, compiler_name: str) -> dict:
+  """The plan of one slice: memory and fit, and the estimate at the largest batch that fits
+  (the config's if it does)."""
+  if config.batch_size % slice_.chips:
+    raise ConfigError(f'config.batch_size={config.batch_size}: {slice_.name} has '
+                      f'{slice_.chips} chips, which must divide the global batch')
+  chip = hardware.TPU_CHIPS[slice_.generation.chip]
+  slice_devices = devices(slice_, compiler_name)
+  per_chip = config.batch_size // slice_.chips
+  logging.info('%s (%s, %d chips): compiling the train step with the %s compiler...',
+               slice_.name, slice_.topology_name, slice_.chips, compiler_name.upper())
+  compiled = compile_step(config, slice_devices)
+  row = {'slice': slice_.name, 'topology': slice_.topology_name, 'chips': slice_.chips,
+         'compiler': 'TPU (libtpu)' if compiler_name == 'tpu' else 'CPU (fake devices)',
+         'dtype': str(jnp.dtype(compute_dtype(config))), 'batch_per_chip': per_chip,
+         'chip_hbm_gib': chip.hbm_bytes / 2**30,
+         'hbm_gib': ({k: v / 2**30 for k, v in hbm_bytes(compiled).items()}
+                     if compiled is not None else None),
+         'fits': fits(compiled, chip), 'planned_batch_per_chip': per_chip}
+  if not row['fits']:
+    row['largest_fitting_batch_per_chip'], fitting = largest_fitting_batch(
+        config, slice_, slice_devices, per_chip // 2)
+    if config.model.remat == 'none':
+      row['largest_fitting_batch_per_chip_with_remat'], _ = largest_fitting_batch(
+          config, slice_, slice_devices, per_chip, remat='nothing_saveable')
+    compiled, row['planned_batch_per_chip'] = fitting, row['largest_fitting_batch_per_chip']
+  if compiled is not None:
+    row.update(estimate(compiled, slice_, row['dtype'],
+                        row['planned_batch_per_chip'] * slice_.chips))
+  return row
+
+
+ASSUMPTIONS = (
+    'HBM, FLOPs, bytes accessed and collectives: the compiled program per chip (the TPU '
+    "compiler's where the compiler column says TPU); chips' peak FLOP/s, HBM and all-reduce "
+    'bandwidth: data sheets (simsiam_jax/scale/hardware.py); compute time = FLOPs / peak, '
+    'memory time = bytes accessed in HBM / HBM bandwidth, the step bound by the larger; '
+    'communication = ring bytes / all-reduce bandwidth + 1 us per ICI hop; no overlap of '
+    'communication with computation (an upper bound), no input pipeline stall.')
+
+
+def _collective_cell(row: dict, category: str) -> str:
+  ops = row.get('collectives', {}).get(category, {})
+  return ', '.join(f'{c["count"]} {op} {c["mib"]:.1f} MiB' for op, c in ops.items()) or '-'
 
 
 def format_table(rows: list[dict]) -> str:
-  lines = ['| slice | chips | batch/chip | GFLOP/chip/step | memory/chip (MiB) | gradients '
-           '(MiB) | all-reduce per step (MiB) | collectives | compute (ms) | communication '
-           '(ms) | step (ms) | communication share | images/s |', '|' + '---|' * 13]
+  lines = [f'Assumptions: {ASSUMPTIONS}', '',
+           '| slice | compiler | chips | batch/chip | HBM/chip (GiB) | fits | largest '
+           'batch/chip that fits (with remat) | GFLOP/chip | GB accessed/chip | compute (ms) '
+           '| HBM share | HBM (ms) | bound (MFU ceiling) | all-reduce: weight gradients | all-reduce: '
+           'vectors and scalars | communication (ms): bandwidth + latency | step (ms) | '
+           'images/s |', '|' + '---|' * 18]
   for r in rows:
-    all_reduce = r['collectives'].get('all-reduce', {'mib': 0.0})['mib']
-    counts = ', '.join(f'{c["count"]} {op}' for op, c in r['collectives'].items())
-    lines.append(
-        f'| {r["slice"]} | {r["chips"]} | {r["batch_per_chip"]} | '
-        f'{r["gflop_per_chip_step"]:.1f} | {r["memory_mib_per_chip"].get("total", 0):.0f} | '
-        f'{r["gradient_mib"]:.1f} | {all_reduce:.1f} | {counts} | {r["compute_ms"]:.2f} | '
-        f'{r["communication_ms"]:.2f} | '
-        f'{r["step_ms"]:.2f} | {r["communication_share"]:.0%} | {r["images_per_second"]:.0f} |')
+    used = f'{r["hbm_gib"]["total"]:.1f}' if r['hbm_gib'] else 'over'
+    largest = ('-' if r['fits'] else f'{r["largest_fitting_batch_per_chip"]} '
+               f'({r.get("largest_fitting_batch_per_chip_with_remat", "-")})')
+    planned = ('' if r['planned_batch_per_chip'] == r['batch_per_chip'] else
+               f' (at {r["planned_batch_per_chip"]}/chip)')
+    if 'step_ms' in r:
+      figures = (f'{r["gflop_per_chip"]:.0f} | {r["gb_accessed_per_chip"]:.1f} | '
+                 f'{r["compute_ms"]:.2f} | {r["hbm_share_of_bytes_accessed"]:.0%} | '
+                 f'{r["memory_ms"]:.2f} | {r["bound"]} '
+                 f'({r["mfu_ceiling"]:.0%}) | {_collective_cell(r, GRADIENTS)} | '
+                 f'{_collective_cell(r, VECTORS)} | {r["communication_bandwidth_ms"]:.2f} + '
+                 f'{r["communication_latency_ms"]:.2f} | {r["step_ms"]:.2f}{planned} | '
+                 f'{r["images_per_second"]:.0f}')
+    else:
+      figures = ' | '.join(['-'] * 11)
+    lines.append(f'| {r["slice"]} ({r["topology"]}) | {r["compiler"]} | {r["chips"]} | '
+                 f'{r["batch_per_chip"]} | {used} of {r["chip_hbm_gib"]:.1f} | '
+                 f'{"yes" if r["fits"] else "NO"} | {largest} | {figures} |')
   return '\n'.join(lines)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Plans every slice of config.pod_plan, prints the table, writes pod_plan.json in
   `workdir`; returns {'rows': [...], 'path': ...}."""
-  config_validation.require_in(config, 'pod_plan.assumed_mfu', 0, 1)
   config_validation.require_positive(config, 'pod_plan.num_examples')
-  rows = []
-  for name, (generation, chips) in slices(config.pod_plan).items():
-    logging.info('Compiling the train step for %s (%d chips)...', name, chips)
-    rows.append(plan_slice(config, name, generation, chips))
+  compiler_name = compiler(config.pod_plan)
+  rows = [plan_slice(config, slice_, compiler_name) for slice_ in slices(config.pod_plan)]
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'pod_plan.json')
   with open(path, 'w') as f:

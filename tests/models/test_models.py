@@ -176,3 +176,34 @@ def test_head_linear_layers_start_from_torch_linear_default_init():
       assert np.abs(leaf).max() > 0.98 * bound  # Uniform over the whole interval.
       np.testing.assert_allclose(np.std(leaf), bound / np.sqrt(3), rtol=0.05)
   assert sorted(params['Dense_1']) == ['bias', 'kernel']  # The output bias is not zero.
+
+
+def test_remat_recomputes_the_same_network():
+  """model.remat changes what the backward pass keeps, not the parameters (names included,
+  so checkpoints and torchvision's names hold), the outputs or the gradients."""
+  images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  for name in ('resnet18', 'resnet50'):
+    shapes = [jax.eval_shape(lambda m=module: m.init(jax.random.key(0), images, train=False))
+              for module in (resnet.create_backbone(name, width=4, remat=remat)
+                             for remat in ('none', 'nothing_saveable'))]
+    assert jax.tree.structure(shapes[0]) == jax.tree.structure(shapes[1]), name
+  plain = resnet.create_backbone('resnet18', width=4, cifar_stem=True)
+  remat = resnet.create_backbone('resnet18', width=4, cifar_stem=True, remat='nothing_saveable')
+  variables = plain.init(jax.random.key(0), images, train=False)
+
+  def loss_and_grads(module):
+    def loss(params):
+      out, _ = module.apply({**variables, 'params': params}, images, train=True,
+                            mutable=['batch_stats'])
+      return jnp.sum(out**2)
+    return jax.value_and_grad(loss)
+
+  (plain_loss, plain_grads), (remat_loss, remat_grads) = (
+      jax.jit(loss_and_grads(module))(variables['params']) for module in (plain, remat))
+  np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               remat_grads, plain_grads)
+  # The recomputation is there: the remat program runs more convolutions.
+  count_convs = lambda module: str(jax.make_jaxpr(loss_and_grads(module))(
+      variables['params'])).count('conv_general_dilated')
+  assert count_convs(remat) > count_convs(plain)

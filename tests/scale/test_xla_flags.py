@@ -25,15 +25,16 @@ def test_a_flag_the_user_set_keeps_the_users_value():
       f'{_YNN}=individual_convolution')
 
 
-@pytest.mark.parametrize('environ,plugin,applied', [
-    ({}, False, True),  # A CPU-only host.
+@pytest.mark.parametrize('environ,accelerator,applied', [
+    ({}, False, True),  # A CPU-only host, libtpu installed or not.
     ({}, True, False),  # A TPU or GPU host: XLA_FLAGS as the user left it.
     ({'JAX_PLATFORMS': 'cpu'}, True, True),  # The CPU asked for on an accelerator host.
     ({'JAX_PLATFORMS': 'cuda,cpu'}, False, False),
     ({'SIMSIAM_XLA_CPU_DEFAULTS': '0'}, False, False),
 ])
-def test_cpu_defaults_apply_on_cpu_only_hosts(monkeypatch, environ, plugin, applied):
-  monkeypatch.setattr(xla_flags, 'accelerator_plugin_installed', lambda: plugin)
+def test_cpu_defaults_apply_where_jax_runs_on_the_cpu(monkeypatch, environ, accelerator,
+                                                      applied):
+  monkeypatch.setattr(xla_flags, 'accelerator_present', lambda: accelerator)
   environ = {**environ, 'XLA_FLAGS': '--xla_dump_to=/tmp/x'}
   assert xla_flags.apply_cpu_defaults(environ) == applied
   expected = f'--xla_dump_to=/tmp/x {_YNN}=' if applied else '--xla_dump_to=/tmp/x'
@@ -62,3 +63,16 @@ def test_importing_the_package_sets_the_flags_before_jax_compiles(tmp_path):
   assert 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION' in ynn_fusions(
       'jaxlib', SIMSIAM_XLA_CPU_DEFAULTS='0')
   assert 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION' not in ynn_fusions('project')
+
+
+@pytest.mark.skipif(not xla_flags.accelerator_plugin_installed(),
+                    reason='no accelerator plugin installed')
+def test_an_accelerator_plugin_without_the_chip_keeps_the_cpu_defaults():
+  """CI installs libtpu for the pod plan's compiler on a host with no TPU: JAX runs on the
+  CPU there, and so the CPU defaults apply, JAX_PLATFORMS set or not."""
+  assert not xla_flags.accelerator_present()
+  environ = {k: v for k, v in os.environ.items() if k not in ('JAX_PLATFORMS', 'XLA_FLAGS')}
+  result = subprocess.run(
+      [sys.executable, '-c', 'import os, simsiam_jax; print(os.environ["XLA_FLAGS"])'],
+      cwd=REPO_ROOT, env=environ, capture_output=True, text=True, timeout=300, check=True)
+  assert result.stdout.split() == [f'{_YNN}=']
