@@ -221,8 +221,9 @@ def get_pod_plan_config() -> ml_collections.ConfigDict:
   simsiam_jax/scale/pod_plan.py)."""
   pod_plan = ml_collections.ConfigDict()
   # Comma-separated Cloud TPU slice names of a power of two chips; v4-N and v5p-N count
-  # TensorCores (2 per chip), v5e-N and v6e-N chips.
-  pod_plan.slices = 'v4-8,v4-32,v5e-16,v5e-64,v5p-128,v6e-16'
+  # TensorCores (2 per chip), v5e-N and v6e-N chips. (libtpu 0.0.42.1 crashed compiling
+  # ResNet-50 for v6e-16 here, BENCHMARKS.md: v6e is not among the defaults.)
+  pod_plan.slices = 'v4-8,v4-32,v5e-16,v5e-64,v5p-128'
   # 'tpu' (libtpu's compiler: pip install ".[tpu]"), 'cpu' (fake CPU devices: the CPU
   # compiler's memory and collectives, off by factors) or 'auto' (TPU where installed).
   pod_plan.compiler = 'auto'

@@ -10,8 +10,10 @@ and collectives are the CPU program's (which neither tiles to TPU layouts nor fu
 combines collectives as the TPU compiler does): each row names its compiler.
 
 Per chip, from the compiled program:
-- HBM: its arguments, outputs, temporaries and generated code (the donated state counted
-  once) against the chip's HBM (data sheet): fits or does not fit. Where the config's batch
+- HBM: its arguments, outputs, temporaries and generated code, and their peak (the TPU
+  compiler's; the CPU compiler's sum, the donated state counted once) against the chip's
+  HBM (data sheet): fits or does not fit (a compiler that refuses the program as too large
+  for the chip's memory says the same). Where the config's batch
   does not fit, the largest power-of-two batch per chip that fits is found by compiling
   (halving from the config's), and the one that fits with `model.remat` (each residual
   block recomputed in the backward pass); the other figures are then those of the largest
@@ -458,10 +460,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   `workdir`; returns {'rows': [...], 'path': ...}."""
   config_validation.require_positive(config, 'pod_plan.num_examples')
   compiler_name = compiler(config.pod_plan)
-  rows = [plan_slice(config, slice_, compiler_name) for slice_ in slices(config.pod_plan)]
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'pod_plan.json')
-  with open(path, 'w') as f:
-    json.dump(rows, f, indent=2)
+  rows = []
+  for slice_ in slices(config.pod_plan):
+    rows.append(plan_slice(config, slice_, compiler_name))
+    with open(path, 'w') as f:  # After each slice: minutes of compiling are not lost.
+      json.dump(rows, f, indent=2)
   print(format_table(rows), flush=True)
   return {'rows': rows, 'path': path}
