@@ -49,10 +49,13 @@ SLOW_TESTS = (
     'computation[resnet50-True]',
 )
 # Modules of a minute or more go first, longest first: the two test processes of `pytest -n 2 --dist
-# loadscope` then end together on short modules rather than one waiting for the other.
-LONG_MODULES = ('test_torch_parity.py', 'test_train_loop.py', 'test_multihost.py',
-                'test_bad_input.py', 'test_methods.py', 'test_evaluation.py', 'test_packaging.py',
-                'test_ablations.py', 'test_em_variants.py', 'test_pod_plan.py')
+# loadscope` then end together on short modules rather than one waiting for the other. The
+# pod plan's TPU compiles (a core each, for minutes) go first, so that they are over before
+# the multi-host tests, whose processes must meet within gloo's 30 s.
+LONG_MODULES = ('test_pod_plan.py', 'test_torch_parity.py', 'test_train_loop.py',
+                'test_multihost.py', 'test_bad_input.py', 'test_methods.py',
+                'test_evaluation.py', 'test_packaging.py', 'test_ablations.py',
+                'test_em_variants.py')
 
 
 def pytest_collection_modifyitems(config, items):
