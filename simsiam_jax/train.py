@@ -41,11 +41,17 @@ def batch_shapes(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeS
   return shapes
 
 
-def step_flops(compiled) -> float:
-  """FLOPs of one device's compiled step from XLA's cost analysis; NaN where there is none."""
+def step_cost(compiled) -> dict[str, float]:
+  """FLOPs and bytes accessed of one device's compiled step from XLA's cost analysis; NaN
+  where there is none."""
   cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost  # A list in older jaxlibs.
-  return float((cost or {}).get('flops', float('nan')))
+  cost = (cost[0] if isinstance(cost, list) else cost) or {}  # A list in older jaxlibs.
+  return {'flops': float(cost.get('flops', math.nan)),
+          'bytes_accessed': float(cost.get('bytes accessed', math.nan))}
+
+
+def step_flops(compiled) -> float:
+  return step_cost(compiled)['flops']
 
 
 def step_memory_mib(compiled) -> dict[str, float]:

@@ -338,17 +338,10 @@ def largest_fitting_batch(config: ml_collections.ConfigDict, slice_: Slice, slic
   return 0, None
 
 
-def step_cost(compiled) -> dict[str, float]:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost  # A list in older jaxlibs.
-  return {'flops': float(cost.get('flops', math.nan)),
-          'bytes_accessed': float(cost.get('bytes accessed', math.nan))}
-
-
 def estimate(compiled, slice_: Slice, dtype: str, batch_size: int) -> dict:
   """The roofline, the communication and the estimated step of one chip's program."""
   chip = hardware.TPU_CHIPS[slice_.generation.chip]
-  cost = step_cost(compiled)
+  cost = train.step_cost(compiled)
   compute_s = cost['flops'] / (hardware.data_sheet_peak_tflops(chip.peak_key, dtype) * 1e12)
   text = compiled.as_text()
   spaces = memory_space_bytes(text)
