@@ -1,6 +1,6 @@
 """Data sheets of the chips the project runs on: peak FLOP rates for MFU
-(benchmarks/train_step.py), and the TPU chips' memory and interconnect for the pod plan
-(scale/pod_plan.py)."""
+(benchmarks/train_step.py), and the TPU chips' and GPUs' memory and interconnect for the pod
+plan (scale/pod_plan.py), with the target description the GPU compiler compiles for."""
 
 import dataclasses
 import time
@@ -22,8 +22,9 @@ ICI_HOP_LATENCY_S = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
-class TpuChip:
-  """What the pod plan needs of a TPU chip, from cloud.google.com/tpu/docs/<generation>."""
+class Chip:
+  """What the pod plan needs of a chip: a TPU's from cloud.google.com/tpu/docs/<generation>,
+  a GPU's from its vendor's data sheet."""
   peak_key: str  # Its PEAK_TFLOPS entry.
   hbm_bytes: float
   hbm_bytes_per_s: float
@@ -34,15 +35,57 @@ class TpuChip:
 
 TPU_CHIPS = {
     # v4: 32 GiB HBM2 at 1200 GB/s; all-reduce 1.1 PB/s over a pod of 4,096 chips.
-    'v4': TpuChip('TPU v4', 32 * 2**30, 1200e9, 1.1e15 / 4096),
+    'v4': Chip('TPU v4', 32 * 2**30, 1200e9, 1.1e15 / 4096),
     # v5e: 16 GB HBM2 at 819 GB/s; all-reduce 51.2 TB/s over a pod of 256 chips.
-    'v5e': TpuChip('TPU v5 lite', 16e9, 819e9, 51.2e12 / 256),
+    'v5e': Chip('TPU v5 lite', 16e9, 819e9, 51.2e12 / 256),
     # v5p: 95 GiB HBM2e at 2765 GB/s; no pod all-reduce figure: half the 1200 GB/s of
     # bidirectional ICI per chip, the ratio of the v5e (400 -> 200) and v6e (800 -> 400) sheets.
-    'v5p': TpuChip('TPU v5p', 95 * 2**30, 2765e9, 1200e9 / 2),
+    'v5p': Chip('TPU v5p', 95 * 2**30, 2765e9, 1200e9 / 2),
     # v6e: 32 GB HBM at 1638 GB/s; all-reduce 102.4 TB/s over a pod of 256 chips.
-    'v6e': TpuChip('TPU v6 lite', 32e9, 1638e9, 102.4e12 / 256),
+    'v6e': Chip('TPU v6 lite', 32e9, 1638e9, 102.4e12 / 256),
 }
+
+# H100 SXM5 (NVIDIA H100 Tensor Core GPU data sheet): 80 GB HBM3 at 3.35 TB/s; NVLink 900 GB/s
+# per GPU, both directions together, so 450 GB/s each way: a ring all-reduce's bandwidth
+# within a host of 8 (NVSwitch).
+H100 = Chip('H100', 80e9, 3.35e12, 450e9)
+# Between hosts: one 400 Gb/s InfiniBand NDR port (ConnectX-7) per GPU, as in a DGX H100.
+H100_NETWORK_BYTES_PER_S = 400e9 / 8
+# NCCL's own cost model of a ring all-reduce (nccl src/graph/tuning.cc, the LL protocol that
+# small messages such as BatchNorm statistics take): a base latency, plus one per ring step
+# over NVLink or over the network.
+NCCL_BASE_LATENCY_S = 3.6e-6
+NCCL_NVLINK_STEP_LATENCY_S = 0.4e-6
+NCCL_NETWORK_STEP_LATENCY_S = 0.9e-6
+
+# The target the GPU compiler compiles for where no GPU is attached: XLA's H100 SXM spec
+# (openxla/xla xla/backends/gpu/target_config/specs/h100_sxm.txtpb), the fields that
+# jaxlib 0.10.2's GpuTargetConfigProto knows, with cuDNN 9.
+H100_TARGET_CONFIG = """
+gpu_device_info {
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  shared_memory_per_block: 49152
+  shared_memory_per_core: 233472
+  threads_per_core_limit: 2048
+  core_count: 132
+  fpus_per_core: 128
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000
+  l2_cache_size: 52428800
+  clock_rate_ghz: 1.98
+  device_memory_size: 84942979072
+  shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 }
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 8 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
 
 
 def measured_cpu_peak_tflops(size: int = 1024, repeats: int = 5) -> float:

@@ -1,13 +1,16 @@
-"""A compile-only plan of a pretraining run on TPU slices: `--config.dry_run=True`.
+"""A compile-only plan of a pretraining run on TPU slices and GPU hosts: `--config.dry_run=True`.
 
 For each slice of `config.pod_plan.slices` the real train step of the config is compiled
 for that slice, with the train state as shapes only (jax.eval_shape): no parameter is
 allocated and no data is read. With libtpu installed (`pip install ".[tpu]"`), the TPU
-compiler compiles it for the slice's real topology (jax.experimental.topologies gives
-compile-only TPU devices on any host, as MaxText's train_compile.py does); without it,
-the CPU compiler does, on as many fake CPU devices as the slice has chips, and its memory
-and collectives are the CPU program's (which neither tiles to TPU layouts nor fuses nor
-combines collectives as the TPU compiler does): each row names its compiler.
+compiler compiles it for a TPU slice's real topology (jax.experimental.topologies gives
+compile-only TPU devices on any host, as MaxText's train_compile.py does); with jax's CUDA
+plugin installed (`pip install ".[cuda-plan]"`, no GPU or CUDA needed), XLA's GPU compiler
+compiles it for H100 hosts (compile-only devices from XLA's H100 target description).
+Without the slice's compiler the CPU compiler does, on as many fake CPU devices as the
+slice has chips, and its memory and collectives are the CPU program's (which neither tiles
+to TPU layouts nor fuses nor combines collectives as the TPU compiler does): each row names
+its compiler.
 
 Per chip, from the compiled program:
 - HBM: its arguments, outputs, temporaries and generated code, and their peak (the TPU
@@ -23,13 +26,17 @@ Per chip, from the compiled program:
   bound (the larger) and the ceiling on MFU that follows (compute time / the larger). The
   bytes accessed are the reads and writes of the fused program's top-level instructions;
   their HBM share is the share of those bytes whose buffers the compiler left in the
-  default memory space (`memory_space_bytes`), not in on-chip memory.
+  default memory space (`memory_space_bytes`), not in on-chip memory. The GPU compiler
+  gives no cost analysis: there the FLOPs are XLA's count for the step before it is
+  partitioned (over the chips) and the bytes are those between the program's kernels.
 - Its collectives by kind, count and bytes, the all-reduces of weight gradients (any
-  operand of rank 2 or more) told apart from those of vectors and scalars (BatchNorm
+  operand of rank 2 or more, or a flat one of 1 MiB or more) told apart from those of
+  vectors and scalars (BatchNorm
   statistics and their gradients, BatchNorm parameters' gradients, metrics); their time is
   a bandwidth term (ring: an all-reduce moves 2(n-1)/n of its bytes per chip, at the data
-  sheet's all-reduce bandwidth per chip) plus a latency term (ICI_HOP_LATENCY_S per hop,
-  an all-reduce taking 2 floor(a/2) hops along each torus axis of a chips).
+  sheet's all-reduce bandwidth per chip) plus a latency term (on a TPU slice
+  ICI_HOP_LATENCY_S per hop, an all-reduce taking 2 floor(a/2) hops along each torus axis
+  of a chips; on GPUs NCCL's ring model: a base latency and one per step, 2(n-1) steps).
 - The estimated step: the roofline time plus the communication time, with no overlap.
 """
 
@@ -50,7 +57,13 @@ from simsiam_jax.config_validation import ConfigError
 from simsiam_jax.scale import hardware
 from simsiam_jax.train_state import compute_dtype
 
-COMPILERS = ('auto', 'tpu', 'cpu')
+# 'auto': each slice by its own compiler where installed, else by the CPU compiler;
+# 'native': by its own compiler or not at all; 'cpu': every slice by the CPU compiler.
+COMPILERS = ('auto', 'native', 'cpu')
+COMPILER_NAMES = {'tpu': 'TPU (libtpu)', 'gpu': 'GPU (XLA, CUDA plugin)',
+                  'cpu': 'CPU (fake devices)'}
+_INSTALL = {'tpu': 'libtpu is not installed; pip install ".[tpu]"',
+            'gpu': "jax's CUDA plugin is not installed; pip install \".[cuda-plan]\""}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +87,23 @@ TPU_GENERATIONS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Slice:
+class TpuSlice:
   name: str
   generation: TpuGeneration
   shape: tuple[int, ...]  # Chips along each torus axis.
+  platform = 'tpu'
 
   @property
   def chips(self) -> int:
     return math.prod(self.shape)
+
+  @property
+  def chip(self) -> hardware.Chip:
+    return hardware.TPU_CHIPS[self.generation.chip]
+
+  @property
+  def all_reduce_bytes_per_s(self) -> float:
+    return self.chip.all_reduce_bytes_per_s
 
   @property
   def topology_name(self) -> str:
@@ -92,6 +114,47 @@ class Slice:
     """Hops of an all-reduce over the slice: a reduce-scatter and an all-gather along each
     torus axis, floor(a/2) hops each way on a bidirectional ring of a chips."""
     return sum(2 * (a // 2) for a in self.shape)
+
+  def latency_s(self, op: str) -> float:
+    """One collective's latency over the slice's torus: ICI_HOP_LATENCY_S per hop."""
+    hops = {'all-reduce': self.all_reduce_hops, 'collective-permute': 1}.get(
+        op, self.all_reduce_hops / 2)
+    return hops * hardware.ICI_HOP_LATENCY_S
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuSlice:
+  """H100 GPUs, 8 to a host over NVLink (NVSwitch), hosts over InfiniBand."""
+  name: str
+  hosts: int
+  gpus_per_host: int
+  platform = 'gpu'
+  chip = hardware.H100
+
+  @property
+  def chips(self) -> int:
+    return self.hosts * self.gpus_per_host
+
+  @property
+  def topology_name(self) -> str:
+    """The CUDA plugin's topology: slices x hosts x GPUs per host."""
+    return f'1x{self.hosts}x{self.gpus_per_host}'
+
+  @property
+  def all_reduce_bytes_per_s(self) -> float:
+    """A ring's bandwidth is its slowest link's: NVLink within a host, else the network."""
+    if self.hosts == 1:
+      return self.chip.all_reduce_bytes_per_s
+    return min(self.chip.all_reduce_bytes_per_s, hardware.H100_NETWORK_BYTES_PER_S)
+
+  def latency_s(self, op: str) -> float:
+    """NCCL's ring model: a base latency and one per step (2(n-1) steps for an all-reduce,
+    n-1 for the others), `hosts` of each n steps over the network."""
+    n = self.chips
+    steps = {'all-reduce': 2 * (n - 1), 'collective-permute': 1}.get(op, n - 1)
+    network_steps = steps * (self.hosts / n if self.hosts > 1 else 0)
+    return (hardware.NCCL_BASE_LATENCY_S + network_steps * hardware.NCCL_NETWORK_STEP_LATENCY_S +
+            (steps - network_steps) * hardware.NCCL_NVLINK_STEP_LATENCY_S)
 
 
 def slice_shape(chips: int, torus_axes: int) -> tuple[int, ...]:
@@ -104,12 +167,26 @@ def slice_shape(chips: int, torus_axes: int) -> tuple[int, ...]:
   return tuple(2**e for e in exponents)
 
 
-def parse_slice(name: str) -> Slice:
-  """'v4-32' -> the slice: its generation and its chips along each torus axis."""
+GPUS_PER_HOST = 8
+
+
+def parse_slice(name: str):
+  """'v4-32' -> the TPU slice: its generation and its chips along each torus axis;
+  'h100-64' -> 64 H100 GPUs, 8 to a host (fewer than 8: one host)."""
+  gpus = re.fullmatch(r'h100-(\d+)', name.strip())
+  if gpus:
+    count = int(gpus.group(1))
+    if count < 1 or (count > GPUS_PER_HOST and count % GPUS_PER_HOST) or (
+        count < GPUS_PER_HOST and count & (count - 1)):
+      raise ConfigError(f'config.pod_plan.slices: {name!r}: H100 hosts have '
+                        f'{GPUS_PER_HOST} GPUs; plan 1, 2, 4 or a multiple of 8')
+    hosts = max(count // GPUS_PER_HOST, 1)
+    return GpuSlice(name.strip(), hosts, count // hosts)
   match = re.fullmatch(r'(v\w+?)-(\d+)', name.strip())
   if not match or match.group(1) not in TPU_GENERATIONS:
     raise ConfigError(f'config.pod_plan.slices: {name!r} is not a TPU slice name such as '
-                      f'v4-32 or v5e-64 (generations: {", ".join(TPU_GENERATIONS)})')
+                      f'v4-32 or v5e-64 (generations: {", ".join(TPU_GENERATIONS)}) nor '
+                      'GPUs such as h100-8')
   generation = TPU_GENERATIONS[match.group(1)]
   cores = int(match.group(2))
   if cores % generation.cores_per_chip_in_name:
@@ -120,10 +197,10 @@ def parse_slice(name: str) -> Slice:
   if chips & (chips - 1) or chips < smallest:
     raise ConfigError(f'config.pod_plan.slices: {name!r} has {chips} chips; the plan knows '
                       f'the slices of a power of two chips, at least {smallest}')
-  return Slice(name.strip(), generation, slice_shape(chips, generation.torus_axes))
+  return TpuSlice(name.strip(), generation, slice_shape(chips, generation.torus_axes))
 
 
-def slices(pod_plan: ml_collections.ConfigDict) -> list[Slice]:
+def slices(pod_plan: ml_collections.ConfigDict) -> list:
   names = [name.strip() for name in pod_plan.slices.split(',') if name.strip()]
   if not names:
     raise ConfigError('config.pod_plan.slices: name at least one TPU slice, e.g. v4-8')
@@ -134,23 +211,35 @@ def tpu_compiler_installed() -> bool:
   return importlib.util.find_spec('libtpu') is not None
 
 
-def compiler(pod_plan: ml_collections.ConfigDict) -> str:
-  """'tpu' or 'cpu': config.pod_plan.compiler, 'auto' taking the TPU compiler if installed."""
+def gpu_compiler_installed() -> bool:
+  try:
+    return importlib.util.find_spec('jax_plugins.xla_cuda12') is not None
+  except ModuleNotFoundError:  # No jax_plugins package at all.
+    return False
+
+
+def compiler(pod_plan: ml_collections.ConfigDict, slice_) -> str:
+  """'tpu', 'gpu' or 'cpu': the compiler that plans `slice_` (config.pod_plan.compiler)."""
   config_validation.require(pod_plan.compiler in COMPILERS, 'config.pod_plan.compiler',
                             pod_plan.compiler, f'choose one of {", ".join(COMPILERS)}')
-  if pod_plan.compiler == 'tpu' and not tpu_compiler_installed():
-    raise ConfigError("config.pod_plan.compiler='tpu': libtpu is not installed; "
-                      'pip install ".[tpu]"')
-  if pod_plan.compiler == 'auto':
-    return 'tpu' if tpu_compiler_installed() else 'cpu'
-  return pod_plan.compiler
+  if pod_plan.compiler == 'cpu':
+    return 'cpu'
+  installed = {'tpu': tpu_compiler_installed, 'gpu': gpu_compiler_installed}[slice_.platform]()
+  if installed:
+    return slice_.platform
+  if pod_plan.compiler == 'native':
+    raise ConfigError(f"config.pod_plan.compiler='native': {slice_.name} needs its own "
+                      f'compiler: {_INSTALL[slice_.platform]}')
+  return 'cpu'
 
 
 def prepare_backend(pod_plan: ml_collections.ConfigDict):
-  """Before JAX's backend starts: JAX on the CPU (the TPU compiler needs no TPU backend),
-  with as many fake devices as the largest slice has chips where the CPU compiler plans."""
-  if compiler(pod_plan) == 'cpu':
-    count = max(s.chips for s in slices(pod_plan))
+  """Before JAX's backend starts: JAX on the CPU (the TPU and GPU compilers need no TPU or
+  GPU backend), with as many fake devices as the largest slice has chips where the CPU
+  compiler plans."""
+  planned_on_cpu = [s.chips for s in slices(pod_plan) if compiler(pod_plan, s) == 'cpu']
+  if planned_on_cpu:
+    count = max(planned_on_cpu)
     kept = [flag for flag in os.environ.get('XLA_FLAGS', '').split()
             if not flag.startswith('--xla_force_host_platform_device_count=')]
     os.environ['XLA_FLAGS'] = ' '.join(
@@ -158,8 +247,9 @@ def prepare_backend(pod_plan: ml_collections.ConfigDict):
   jax.config.update('jax_platforms', 'cpu')
 
 
-def devices(slice_: Slice, compiler_name: str) -> list:
-  """The slice's compile-only TPU devices, one per chip; or as many fake CPU devices."""
+def devices(slice_, compiler_name: str) -> list:
+  """The slice's compile-only TPU or GPU devices, one per chip; or as many fake CPU
+  devices."""
   if compiler_name == 'cpu':
     available = jax.device_count()
     if slice_.chips > available:
@@ -168,6 +258,10 @@ def devices(slice_: Slice, compiler_name: str) -> list:
                         'asks for them')
     return jax.devices()[:slice_.chips]
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  if compiler_name == 'gpu':
+    return topologies.get_topology_desc(slice_.name, 'cuda',
+                                        target_config=hardware.H100_TARGET_CONFIG,
+                                        topology=slice_.topology_name).devices
   # Before libtpu loads: there is no TPU here to ask a metadata server about; libtpu prints
   # warnings for the host it would run on unless these describe one; and compiling takes no
   # TPU, so other processes may load libtpu at the same time (its lockfile guards a TPU).
@@ -193,6 +287,7 @@ _COLLECTIVE = re.compile(r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+(' + '|'.joi
                          r')(?:-start)?\(')
 _SHAPE = re.compile(r'\b(' + '|'.join(_DTYPE_BYTES) + r')\[([\d,]*)\]')
 GRADIENTS, VECTORS = 'weight gradients', 'vectors and scalars'
+FLAT_GRADIENTS_BYTES = 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +298,10 @@ class Collective:
 
   @property
   def category(self) -> str:
-    return GRADIENTS if self.rank >= 2 else VECTORS
+    """Weight gradients: an operand of rank 2 or more, or a flat one of 1 MiB or more (the GPU
+    compiler concatenates gradients into flat buffers before reducing them; a BatchNorm
+    layer's statistics are at most 2 x 2,048 floats, 16 KiB)."""
+    return GRADIENTS if self.rank >= 2 or self.bytes >= FLAT_GRADIENTS_BYTES else VECTORS
 
 
 def collectives(hlo_text: str) -> list[Collective]:
@@ -274,9 +372,8 @@ def _does_not_fit(error: Exception) -> bool:
   return 'RESOURCE_EXHAUSTED' in str(error) or 'Ran out of memory' in str(error)
 
 
-def compile_step(config: ml_collections.ConfigDict, slice_devices: list):
-  """The train step compiled for a mesh of `slice_devices`; None where the compiler says it
-  does not fit in memory."""
+def lower_step(config: ml_collections.ConfigDict, slice_devices: list):
+  """The train step lowered for a mesh of `slice_devices`, the state as shapes."""
   config_validation.validate_config(config, device_count=len(slice_devices))
   method = methods.get(config.method)
   method.validate(config)
@@ -286,8 +383,14 @@ def compile_step(config: ml_collections.ConfigDict, slice_devices: list):
   tx = method.create_optimizer(config, steps_per_epoch)
   state = jax.eval_shape(lambda: method.create_train_state(
       jax.random.key(config.seed), config, tx, mesh, num_examples))
-  lowered = train.make_train_step(config, steps_per_epoch, mesh, state).lower(
+  return train.make_train_step(config, steps_per_epoch, mesh, state).lower(
       state, _abstract_batch(config, mesh))
+
+
+def compile_step(config: ml_collections.ConfigDict, slice_devices: list):
+  """The train step compiled for a mesh of `slice_devices`; None where the compiler says it
+  does not fit in memory."""
+  lowered = lower_step(config, slice_devices)
   try:
     return lowered.compile()
   except Exception as error:  # pylint: disable=broad-except
@@ -318,15 +421,24 @@ def _with_batch(config: ml_collections.ConfigDict, batch_per_chip: int, chips: i
   return config
 
 
-def fits(compiled, chip: hardware.TpuChip) -> bool:
+def unpartitioned_flops(lowered) -> float:
+  """XLA's FLOP count of the whole step before it is partitioned over the devices (the CPU
+  backend's cost analysis of the lowered module), for a compiler that gives no cost
+  analysis of its own (the GPU compiler's compile-only programs)."""
+  from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+  module = lowered._lowering.hlo().as_hlo_module()  # pylint: disable=protected-access
+  return float(_jax.hlo_module_cost_analysis(jax.devices('cpu')[0].client, module)['flops'])
+
+
+def fits(compiled, chip: hardware.Chip) -> bool:
   return compiled is not None and hbm_bytes(compiled)['total'] <= chip.hbm_bytes
 
 
-def largest_fitting_batch(config: ml_collections.ConfigDict, slice_: Slice, slice_devices,
+def largest_fitting_batch(config: ml_collections.ConfigDict, slice_, slice_devices,
                           start_per_chip: int, remat: str | None = None):
   """(the largest power-of-two batch per chip from `start_per_chip` down that fits, its
   compiled step), found by compiling; (0, None) if not even one image fits."""
-  chip = hardware.TPU_CHIPS[slice_.generation.chip]
+  chip = slice_.chip
   per_chip = start_per_chip
   while per_chip >= 1:
     logging.info('%s: compiling at batch %d per chip%s...', slice_.name, per_chip,
@@ -338,13 +450,16 @@ def largest_fitting_batch(config: ml_collections.ConfigDict, slice_: Slice, slic
   return 0, None
 
 
-def estimate(compiled, slice_: Slice, dtype: str, batch_size: int) -> dict:
-  """The roofline, the communication and the estimated step of one chip's program."""
-  chip = hardware.TPU_CHIPS[slice_.generation.chip]
+def estimate(compiled, slice_, dtype: str, batch_size: int, flops: float | None = None) -> dict:
+  """The roofline, the communication and the estimated step of one chip's program; `flops`
+  per chip where the compiler's cost analysis has none."""
+  chip = slice_.chip
   cost = train.step_cost(compiled)
-  compute_s = cost['flops'] / (hardware.data_sheet_peak_tflops(chip.peak_key, dtype) * 1e12)
   text = compiled.as_text()
   spaces = memory_space_bytes(text)
+  if math.isnan(cost['flops']):  # No cost analysis: the bytes between the kernels.
+    cost = {'flops': flops, 'bytes_accessed': float(sum(spaces.values()))}
+  compute_s = cost['flops'] / (hardware.data_sheet_peak_tflops(chip.peak_key, dtype) * 1e12)
   hbm_share = spaces.get(0, 0) / max(sum(spaces.values()), 1)
   memory_s = cost['bytes_accessed'] * hbm_share / chip.hbm_bytes_per_s
   roofline_s = max(compute_s, memory_s)
@@ -354,12 +469,9 @@ def estimate(compiled, slice_: Slice, dtype: str, batch_size: int) -> dict:
     entry = by_kind.setdefault(c.category, {}).setdefault(c.op, {'count': 0, 'mib': 0.0})
     entry['count'] += 1
     entry['mib'] += c.bytes / 2**20
-  hops = {'all-reduce': slice_.all_reduce_hops, 'all-gather': slice_.all_reduce_hops / 2,
-          'reduce-scatter': slice_.all_reduce_hops / 2, 'all-to-all': slice_.all_reduce_hops / 2,
-          'collective-permute': 1}
   bandwidth_s = sum(_RING_FACTORS[c.op](slice_.chips) * c.bytes
-                    for c in ops) / chip.all_reduce_bytes_per_s
-  latency_s = sum(hops[c.op] for c in ops) * hardware.ICI_HOP_LATENCY_S
+                    for c in ops) / slice_.all_reduce_bytes_per_s
+  latency_s = sum(slice_.latency_s(c.op) for c in ops)
   step_s = roofline_s + bandwidth_s + latency_s
   return {
       'gflop_per_chip': cost['flops'] / 1e9, 'gb_accessed_per_chip': cost['bytes_accessed'] / 1e9,
@@ -373,20 +485,20 @@ def estimate(compiled, slice_: Slice, dtype: str, batch_size: int) -> dict:
       'images_per_second': batch_size / step_s}
 
 
-def plan_slice(config: ml_collections.ConfigDict, slice_: Slice, compiler_name: str) -> dict:
+def plan_slice(config: ml_collections.ConfigDict, slice_, compiler_name: str) -> dict:
   """The plan of one slice: memory and fit, and the estimate at the largest batch that fits
   (the config's if it does)."""
   if config.batch_size % slice_.chips:
     raise ConfigError(f'config.batch_size={config.batch_size}: {slice_.name} has '
                       f'{slice_.chips} chips, which must divide the global batch')
-  chip = hardware.TPU_CHIPS[slice_.generation.chip]
+  chip = slice_.chip
   slice_devices = devices(slice_, compiler_name)
   per_chip = config.batch_size // slice_.chips
   logging.info('%s (%s, %d chips): compiling the train step with the %s compiler...',
                slice_.name, slice_.topology_name, slice_.chips, compiler_name.upper())
   compiled = compile_step(config, slice_devices)
   row = {'slice': slice_.name, 'topology': slice_.topology_name, 'chips': slice_.chips,
-         'compiler': 'TPU (libtpu)' if compiler_name == 'tpu' else 'CPU (fake devices)',
+         'compiler': COMPILER_NAMES[compiler_name],
          'dtype': str(jnp.dtype(compute_dtype(config))), 'batch_per_chip': per_chip,
          'chip_hbm_gib': chip.hbm_bytes / 2**30,
          'hbm_gib': ({k: v / 2**30 for k, v in hbm_bytes(compiled).items()}
@@ -400,17 +512,23 @@ def plan_slice(config: ml_collections.ConfigDict, slice_: Slice, compiler_name: 
           config, slice_, slice_devices, per_chip, remat='nothing_saveable')
     compiled, row['planned_batch_per_chip'] = fitting, row['largest_fitting_batch_per_chip']
   if compiled is not None:
-    row.update(estimate(compiled, slice_, row['dtype'],
-                        row['planned_batch_per_chip'] * slice_.chips))
+    planned = _with_batch(config, row['planned_batch_per_chip'], slice_.chips)
+    flops = (unpartitioned_flops(lower_step(planned, slice_devices)) / slice_.chips
+             if compiler_name == 'gpu' else None)
+    row.update(estimate(compiled, slice_, row['dtype'], planned.batch_size, flops))
   return row
 
 
 ASSUMPTIONS = (
     'HBM, FLOPs, bytes accessed and collectives: the compiled program per chip (the TPU '
-    "compiler's where the compiler column says TPU); chips' peak FLOP/s, HBM and all-reduce "
-    'bandwidth: data sheets (simsiam_jax/scale/hardware.py); compute time = FLOPs / peak, '
-    'memory time = bytes accessed in HBM / HBM bandwidth, the step bound by the larger; '
-    'communication = ring bytes / all-reduce bandwidth + 1 us per ICI hop; no overlap of '
+    "compiler's where the compiler column says TPU, XLA's GPU compiler's where it says GPU: "
+    'there FLOPs are the unpartitioned step\'s over the chips and bytes those between '
+    "kernels); chips' peak FLOP/s, HBM and all-reduce bandwidth: data sheets "
+    '(simsiam_jax/scale/hardware.py; H100: NVLink within a host of 8, 400 Gb/s InfiniBand '
+    'per GPU between hosts); compute time = FLOPs / peak, memory time = bytes accessed in '
+    'HBM / HBM bandwidth, the step bound by the larger; communication = ring bytes / '
+    "all-reduce bandwidth + latency (TPU: 1 us per ICI hop; GPU: NCCL's ring LL model, "
+    '3.6 us + 0.4 us per NVLink step + 0.9 us per network step); no overlap of '
     'communication with computation (an upper bound), no input pipeline stall.')
 
 
@@ -452,11 +570,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Plans every slice of config.pod_plan, prints the table, writes pod_plan.json in
   `workdir`; returns {'rows': [...], 'path': ...}."""
   config_validation.require_positive(config, 'pod_plan.num_examples')
-  compiler_name = compiler(config.pod_plan)
+  planned = [(slice_, compiler(config.pod_plan, slice_)) for slice_ in slices(config.pod_plan)]
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'pod_plan.json')
   rows = []
-  for slice_ in slices(config.pod_plan):
+  for slice_, compiler_name in planned:
     rows.append(plan_slice(config, slice_, compiler_name))
     with open(path, 'w') as f:  # After each slice: minutes of compiling are not lost.
       json.dump(rows, f, indent=2)

@@ -1,8 +1,12 @@
 """--config.dry_run=True: the compile-only plan of a run on TPU slices, by the TPU compiler
-(libtpu, which CI installs) or, without it, by the CPU compiler on fake devices."""
+(libtpu, which CI installs), and on H100 hosts, by XLA's GPU compiler (jax's CUDA plugin,
+which CI does not install: those tests skip there), or by the CPU compiler on fake
+devices."""
 
 import json
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from helpers import make_tiny_config, run_main
@@ -10,13 +14,17 @@ from helpers import make_tiny_config, run_main
 from configs import imagenet
 from simsiam_jax import config_validation
 from simsiam_jax.config_validation import ConfigError
+from simsiam_jax.models import create_model
 from simsiam_jax.scale import hardware, pod_plan
 
 needs_libtpu = pytest.mark.skipif(not pod_plan.tpu_compiler_installed(),
                                   reason='libtpu is not installed: pip install ".[tpu]"')
+needs_cuda_plugin = pytest.mark.skipif(
+    not pod_plan.gpu_compiler_installed(),
+    reason='jax\'s CUDA plugin is not installed: pip install ".[cuda-plan]"')
 
 
-def tiny_plan_config(slices: str, compiler: str = 'tpu'):
+def tiny_plan_config(slices: str, compiler: str = 'native'):
   config = make_tiny_config()
   config.pod_plan.slices, config.pod_plan.compiler = slices, compiler
   config.pod_plan.num_examples = 1024
@@ -72,6 +80,28 @@ def test_a_batch_too_large_for_the_chip_is_a_row_with_the_batch_that_fits(tmp_pa
   assert '| NO | 16 (' in pod_plan.format_table([row])
 
 
+@needs_cuda_plugin
+@pytest.mark.filterwarnings('ignore:Error reading persistent compilation cache')
+def test_the_gpu_compiler_plans_a_tiny_step_on_an_h100_host(tmp_path):
+  config = tiny_plan_config('h100-8')
+  config.batch_size = 64
+  (row,) = pod_plan.run(config, str(tmp_path))['rows']
+  assert (row['topology'], row['chips'], row['compiler']) == ('1x1x8', 8,
+                                                              'GPU (XLA, CUDA plugin)')
+  assert row['fits'] and row['chip_hbm_gib'] == pytest.approx(80e9 / 2**30)
+  assert 0 < row['hbm_gib']['total'] < 1
+  # No cost analysis from this compiler: the FLOPs are the unpartitioned step's per GPU,
+  # the bytes those between its kernels, all in HBM.
+  assert row['gflop_per_chip'] > 0 and row['hbm_share_of_bytes_accessed'] == 1
+  # Its gradients (flat buffers, too small here to be told from BatchNorm statistics) are
+  # all-reduced: at least the parameters' bytes.
+  parameters = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+      lambda: create_model(config.model).init(jax.random.key(0), *[jnp.zeros((2, 16, 16, 3))] * 2,
+                                               train=False))['params']))
+  reduced = sum(ops['all-reduce']['mib'] for ops in row['collectives'].values())
+  assert reduced * 2**20 >= 4 * parameters
+
+
 def test_without_libtpu_the_cpu_compiler_plans_resnet50_at_224px(tmp_path):
   """The fallback: fake CPU devices, the CPU compiler's program (main.py asks for the
   devices before JAX starts)."""
@@ -100,14 +130,18 @@ def test_collectives_their_bytes_and_kind_are_read_from_compiled_hlo():
       '  %stats = (f32[64]{0}, f32[64]{0}) all-reduce-start(%m, %v), to_apply=%add',
       '  %done = (f32[64]{0}, f32[64]{0}) all-reduce-done(%stats)',
       '  %ag = f32[16,8]{1,0} all-gather-start(f32[2,8]{1,0} %x), dimensions={0}',
+      # The GPU compiler's gradients, concatenated into one flat buffer.
+      '  %flat = f32[7783040]{0} all-reduce-start(%wrapped_concatenate.159), to_apply=%add',
       '  %add.3 = f32[10]{0} add(f32[10]{0} %a, f32[10]{0} %b)',
   ])
   C = pod_plan.Collective
   found = pod_plan.collectives(hlo)
   assert found == [C('all-reduce', 3 * 3 * 64 * 64 * 4, 4), C('all-reduce', 10 * 4 + 8 * 2, 2),
-                   C('all-reduce', 2 * 64 * 4, 1), C('all-gather', 16 * 8 * 4, 2)]
+                   C('all-reduce', 2 * 64 * 4, 1), C('all-gather', 16 * 8 * 4, 2),
+                   C('all-reduce', 7783040 * 4, 1)]
   assert [c.category for c in found] == [pod_plan.GRADIENTS, pod_plan.GRADIENTS,
-                                         pod_plan.VECTORS, pod_plan.GRADIENTS]
+                                         pod_plan.VECTORS, pod_plan.GRADIENTS,
+                                         pod_plan.GRADIENTS]
 
 
 @pytest.mark.parametrize('name,topology,chips,hops', [
@@ -119,7 +153,34 @@ def test_slice_names_give_their_topology(name, topology, chips, hops):
   assert (slice_.topology_name, slice_.chips, slice_.all_reduce_hops) == (topology, chips, hops)
 
 
-@pytest.mark.parametrize('name', ['v3-8', 'v4', 'tpu-8', 'v4-7', 'v4-24', 'v4-4'])
+@pytest.mark.parametrize('name,hosts,topology,bandwidth,all_reduce_latency_us', [
+    ('h100-8', 1, '1x1x8', 450e9, 3.6 + 14 * 0.4),
+    ('h100-2', 1, '1x1x2', 450e9, 3.6 + 2 * 0.4),
+    # 2 hosts: 30 ring steps, 2 of each 16 over the network.
+    ('h100-16', 2, '1x2x8', 50e9, 3.6 + 3.75 * 0.9 + 26.25 * 0.4)])
+def test_gpu_slices_are_hosts_of_8_with_nccl_ring_costs(name, hosts, topology, bandwidth,
+                                                         all_reduce_latency_us):
+  slice_ = pod_plan.parse_slice(name)
+  assert (slice_.hosts, slice_.topology_name, slice_.all_reduce_bytes_per_s) == (
+      hosts, topology, bandwidth)
+  assert slice_.latency_s('all-reduce') * 1e6 == pytest.approx(all_reduce_latency_us)
+
+
+def test_each_slice_is_planned_by_its_own_compiler_where_installed(monkeypatch):
+  config = imagenet.get_config().pod_plan
+  monkeypatch.setattr(pod_plan, 'gpu_compiler_installed', lambda: False)
+  gpus = pod_plan.parse_slice('h100-8')
+  assert [pod_plan.compiler(config, gpus) for config.compiler in ('auto', 'cpu')] == [
+      'cpu', 'cpu']
+  config.compiler = 'native'
+  with pytest.raises(ConfigError, match=r'h100-8 needs its own compiler.*\.\[cuda-plan\]'):
+    pod_plan.compiler(config, gpus)
+  monkeypatch.setattr(pod_plan, 'gpu_compiler_installed', lambda: True)
+  assert pod_plan.compiler(config, gpus) == 'gpu'
+
+
+@pytest.mark.parametrize('name', ['v3-8', 'v4', 'tpu-8', 'v4-7', 'v4-24', 'v4-4', 'h100-12',
+                                  'h100-3', 'h100-0', 'a100-8'])
 def test_bad_slice_names_are_refused(name):
   with pytest.raises(ConfigError, match='config.pod_plan.slices'):
     pod_plan.parse_slice(name)
