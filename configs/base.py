@@ -43,6 +43,10 @@ def get_data_config() -> ml_collections.ConfigDict:
   # Image-folder source: root/<split>/<class>/*.jpg|png.
   data.root = ''
   data.train_split = 'train'
+  # The pretraining split's size where a config knows it without reading the data: what an
+  # import of an official checkpoint turns its epoch into steps with (so it needs no data).
+  # Training counts the split it reads and refuses a different count here.
+  data.train_examples = ml_collections.config_dict.placeholder(int)
   # Labeled splits used by the kNN monitor and linear evaluation.
   data.eval_train_split = 'train'
   data.eval_split = 'test'
@@ -217,15 +221,18 @@ def get_swav_config() -> ml_collections.ConfigDict:
 
 
 def get_pod_plan_config() -> ml_collections.ConfigDict:
-  """The compile-only plan of the run on TPU slices (--config.dry_run=True,
+  """The compile-only plan of the run on TPU slices and GPU hosts (--config.dry_run=True,
   simsiam_jax/scale/pod_plan.py)."""
   pod_plan = ml_collections.ConfigDict()
-  # Comma-separated Cloud TPU slice names of a power of two chips; v4-N and v5p-N count
-  # TensorCores (2 per chip), v5e-N and v6e-N chips. (libtpu 0.0.42.1 crashed compiling
-  # ResNet-50 for v6e-16 here, BENCHMARKS.md: v6e is not among the defaults.)
+  # Comma-separated Cloud TPU slice names of a power of two chips (v4-N and v5p-N count
+  # TensorCores, 2 per chip; v5e-N and v6e-N chips) and H100 GPUs (h100-8: one host of 8;
+  # h100-N: N/8 hosts). (libtpu 0.0.42.1 crashed compiling ResNet-50 for v6e-16 here,
+  # BENCHMARKS.md: v6e is not among the defaults.)
   pod_plan.slices = 'v4-8,v4-32,v5e-16,v5e-64,v5p-128'
-  # 'tpu' (libtpu's compiler: pip install ".[tpu]"), 'cpu' (fake CPU devices: the CPU
-  # compiler's memory and collectives, off by factors) or 'auto' (TPU where installed).
+  # 'auto': each slice by its own compiler where installed (libtpu: pip install ".[tpu]";
+  # the GPU compiler: pip install ".[cuda-plan]"), else by the CPU compiler on fake devices
+  # (its memory and collectives are off by factors); 'native': its own compiler or an error;
+  # 'cpu': the CPU compiler for every slice.
   pod_plan.compiler = 'auto'
   # Training-set size the schedules (and a memory bank) are built for: ImageNet's.
   pod_plan.num_examples = 1_281_167

@@ -211,8 +211,10 @@ def import_torch(config: ml_collections.ConfigDict, workdir: str, path: str) -> 
         'config.model: the official SimSiam layout needs head_batch_norm=default and '
         f'predictor=mlp, not {config.model.head_batch_norm}/{config.model.predictor}')
   # Only the step of a whole official checkpoint depends on the data (epoch x steps per
-  # epoch); the optimizer state's structure does not, so backbone imports need no dataset.
-  steps_per_epoch = (input_pipeline.pretrain_steps_per_epoch(config)
+  # epoch); the optimizer state's structure does not, so backbone imports need no dataset,
+  # and a config that declares its training-set size (ImageNet's) needs none either.
+  steps_per_epoch = (input_pipeline.steps_per_epoch(
+      input_pipeline.declared_pretrain_examples(config), config.batch_size)
                      if whole_model and 'epoch' in rest else 1)
   mesh = sharding.create_mesh()
   state = _initial_train_state(config, steps_per_epoch, mesh)

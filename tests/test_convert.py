@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import torch_reference as ref
+from configs import imagenet
 from helpers import make_tiny_config
 from simsiam_jax import checkpointing, convert
 from simsiam_jax.data import input_pipeline
@@ -86,18 +87,25 @@ def test_torchvision_round_trip_gives_back_identical_tensors(tmp_path):
   assert step == 0 and 'predictor' in state.params
 
 
-def test_official_pretraining_checkpoint_imports_whole_and_pretraining_resumes(tmp_path):
-  """checkpoint_0099.pth.tar's layout: DDP-wrapped state dict, epoch, SGD momentum buffers.
-  The imported run continues at step epoch x steps_per_epoch with the official momentum."""
-  config = make_tiny_config()
+def save_official_checkpoint(config, path, epoch=1):
+  """checkpoint_0099.pth.tar's layout: DDP-wrapped state dict, epoch, SGD momentum buffers
+  (after one step of the official optimizer); returns (model, optimizer)."""
   model = tiny_official_simsiam(config)
   sgd = ref.official_optimizer(model, 0.1, 0.9, 1e-4)
   size = config.data.image_size
   model.train()
   ref.simsiam_loss(*model(torch.randn(8, 3, size, size), torch.randn(8, 3, size, size))).backward()
   sgd.step()
-  torch.save({'epoch': 1, 'arch': 'resnet18', 'state_dict': numpy_to_torch(numpy_state(
-      model, 'module.')), 'optimizer': sgd.state_dict()}, tmp_path / 'checkpoint_0000.pth.tar')
+  torch.save({'epoch': epoch, 'arch': 'resnet18', 'state_dict': numpy_to_torch(numpy_state(
+      model, 'module.')), 'optimizer': sgd.state_dict()}, path)
+  return model, sgd
+
+
+def test_official_pretraining_checkpoint_imports_whole_and_pretraining_resumes(tmp_path):
+  """The imported run continues at step epoch x steps_per_epoch with the official
+  momentum."""
+  config = make_tiny_config()
+  model, sgd = save_official_checkpoint(config, tmp_path / 'checkpoint_0000.pth.tar')
 
   workdir = tmp_path / 'run'
   result = convert.import_torch(config, str(workdir), str(tmp_path / 'checkpoint_0000.pth.tar'))
@@ -136,6 +144,31 @@ def test_official_pretraining_checkpoint_imports_whole_and_pretraining_resumes(t
   summary = train.train_and_evaluate(config, str(workdir))
   assert np.isfinite(summary['loss'])
   assert stored_state(workdir, config)[1] == 2 * steps_per_epoch
+
+
+def test_an_official_checkpoint_imports_with_the_imagenet_config_and_no_data(tmp_path):
+  """configs/imagenet.py where ImageNet is not prepared: the checkpoint's epoch becomes a
+  step through the config's declared training-set size (1,281,167 images, batch 512), and
+  nothing is read from the data directory."""
+  config = imagenet.get_config()
+  tiny = make_tiny_config()
+  config.model, config.data.image_size = tiny.model, tiny.data.image_size
+  config.data.data_dir = str(tmp_path / 'no_tensorflow_datasets_here')
+  save_official_checkpoint(config, tmp_path / 'checkpoint_0099.pth.tar', epoch=100)
+  result = convert.import_torch(config, str(tmp_path / 'run'),
+                                str(tmp_path / 'checkpoint_0099.pth.tar'))
+  assert result == {'format': 'simsiam', 'step': 100 * (1_281_167 // 512), 'whole_model': True}
+  assert not os.path.exists(config.data.data_dir)
+
+
+def test_training_refuses_a_declared_training_set_size_it_does_not_find():
+  config = make_tiny_config()
+  config.data.train_examples = 65
+  with pytest.raises(input_pipeline.DataError,
+                     match=r'config.data.train_examples=65.*has 64 examples'):
+    input_pipeline.num_pretrain_examples(config)
+  config.data.train_examples = 64
+  assert input_pipeline.num_pretrain_examples(config) == 64
 
 
 def numpy_to_torch(state):

@@ -196,6 +196,27 @@ MUTANTS = (
     Mutant('remat_renames_the_blocks', 'simsiam_jax/models/resnet.py',
            "name=f'{self.block_cls.__name__}_{index}')(x)", ')(x)',
            ('tests/models/test_models.py::test_remat_recomputes_the_same_network',)),
+    Mutant('batch_norm_shift_passes_gradient', 'simsiam_jax/models/layers.py',
+           '  shift = jax.lax.stop_gradient(shift).astype(x.dtype)',
+           '  shift = shift.astype(x.dtype)',
+           ('tests/models/test_batch_norm.py::test_no_gradient_flows_through_the_shift',)),
+    Mutant('batch_norm_unshifted_one_pass', 'simsiam_jax/models/layers.py',
+           '  shifted = x - shift\n', '  shifted = x\n  shift = 0 * shift\n',
+           ('tests/models/test_batch_norm.py::test_the_shift_keeps_float32_digits_a_large_mean_'
+            'would_cancel',)),
+    Mutant('batch_norm_two_passes_for_bfloat16', 'simsiam_jax/models/layers.py',
+           '    one_pass = x.dtype == jnp.bfloat16', '    one_pass = False',
+           ('tests/models/test_batch_norm.py::test_bfloat16_activations_take_one_pass_and_'
+            'float32_two',)),
+    Mutant('import_reads_the_dataset', 'simsiam_jax/convert.py',
+           'input_pipeline.declared_pretrain_examples(config)',
+           'input_pipeline.num_pretrain_examples(config)',
+           ('tests/test_convert.py::test_an_official_checkpoint_imports_with_the_imagenet_config_'
+            'and_no_data',)),
+    Mutant('pod_plan_gpu_ring_ignores_the_network', 'simsiam_jax/scale/pod_plan.py',
+           'return min(self.chip.all_reduce_bytes_per_s, hardware.H100_NETWORK_BYTES_PER_S)',
+           'return self.chip.all_reduce_bytes_per_s',
+           ('tests/scale/test_pod_plan.py::test_gpu_slices_are_hosts_of_8_with_nccl_ring_costs',)),
 )
 
 

@@ -63,8 +63,21 @@ def load_split(config, field: str) -> datasets.Split:
 
 
 def num_pretrain_examples(config) -> int:
-  """Examples in the global pretraining split; steps per epoch = this // batch_size."""
-  return load_split(config, 'train_split').num_examples
+  """Examples in the global pretraining split, counted from it (steps per epoch = this //
+  batch_size); a config that declares the count (config.data.train_examples) must agree."""
+  counted = load_split(config, 'train_split').num_examples
+  declared = config.data.get('train_examples')
+  if declared is not None and declared != counted:
+    raise DataError(f'config.data.train_examples={declared}, but config.data.train_split '
+                    f'has {counted} examples: set --config.data.train_examples={counted}')
+  return counted
+
+
+def declared_pretrain_examples(config) -> int:
+  """The pretraining split's size without reading it where the config declares it
+  (config.data.train_examples), else counted from the split."""
+  declared = config.data.get('train_examples')
+  return declared if declared is not None else num_pretrain_examples(config)
 
 
 def pretrain_steps_per_epoch(config) -> int:
