@@ -485,6 +485,13 @@ def estimate(compiled, slice_, dtype: str, batch_size: int, flops: float | None 
       'images_per_second': batch_size / step_s}
 
 
+# A crash of the compiler ends the process (a segmentation fault): said before, not after.
+KNOWN_COMPILER_CRASHES = {
+    'v6e': 'libtpu 0.0.42.1 crashed compiling the ResNet-50 step for v6e-8 and v6e-16 '
+           '(a segmentation fault after about 30 minutes; BENCHMARKS.md); small networks '
+           'compile.'}
+
+
 def plan_slice(config: ml_collections.ConfigDict, slice_, compiler_name: str) -> dict:
   """The plan of one slice: memory and fit, and the estimate at the largest batch that fits
   (the config's if it does)."""
@@ -494,6 +501,8 @@ def plan_slice(config: ml_collections.ConfigDict, slice_, compiler_name: str) ->
   chip = slice_.chip
   slice_devices = devices(slice_, compiler_name)
   per_chip = config.batch_size // slice_.chips
+  if compiler_name == 'tpu' and slice_.generation.chip in KNOWN_COMPILER_CRASHES:
+    logging.warning('%s: %s', slice_.name, KNOWN_COMPILER_CRASHES[slice_.generation.chip])
   logging.info('%s (%s, %d chips): compiling the train step with the %s compiler...',
                slice_.name, slice_.topology_name, slice_.chips, compiler_name.upper())
   compiled = compile_step(config, slice_devices)

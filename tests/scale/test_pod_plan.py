@@ -71,7 +71,7 @@ def test_a_batch_too_large_for_the_chip_is_a_row_with_the_batch_that_fits(tmp_pa
   # A chip with room for 16 images and not for more.
   room_for_16 = pod_plan.hbm_bytes(compiled)['total'] + 1
   monkeypatch.setitem(hardware.TPU_CHIPS, 'v5e',
-                      hardware.TpuChip('TPU v5 lite', room_for_16, 819e9, 200e9))
+                      hardware.Chip('TPU v5 lite', room_for_16, 819e9, 200e9))
   (row,) = pod_plan.run(config, str(tmp_path))['rows']
   assert not row['fits'] and row['batch_per_chip'] == 32
   assert row['largest_fitting_batch_per_chip'] == row['planned_batch_per_chip'] == 16
@@ -215,3 +215,15 @@ def test_the_hbm_share_leaves_out_buffers_in_on_chip_memory():
       '}'])
   # a reads p (1 KiB, HBM) and writes 2 KiB of CMEM; b reads those and writes 1 KiB of HBM.
   assert pod_plan.memory_space_bytes(hlo) == {0: 2048, 3: 4096}
+
+
+def test_a_slice_whose_compiler_is_known_to_crash_is_warned_about_before_compiling(
+    monkeypatch, caplog):
+  """A crash of libtpu ends the process: the warning must come first."""
+  def crash(*args):
+    raise RuntimeError('the compiler crashed')
+  monkeypatch.setattr(pod_plan, 'devices', lambda slice_, compiler: [])
+  monkeypatch.setattr(pod_plan, 'compile_step', crash)
+  with pytest.raises(RuntimeError, match='the compiler crashed'):
+    pod_plan.plan_slice(tiny_plan_config('v6e-4'), pod_plan.parse_slice('v6e-4'), 'tpu')
+  assert 'v6e-4: libtpu 0.0.42.1 crashed compiling' in caplog.text
