@@ -100,15 +100,20 @@ def num_classes(config) -> int:
 
 def _augmented_stream(config, split: datasets.Split, batch_size: int, augment: Callable, *,
                       batch_field: str, split_field: str, start_step: int, process_index,
-                      process_count) -> Iterator[dict]:
+                      process_count, keep_last_partial_batch: bool = False) -> Iterator[dict]:
   """This process's share of every global batch of `split` from `start_step` on, forever.
 
   `augment(example, seed)` makes one example's output dict; its seed depends only on
   (config.seed, the example's slot in the global stream), whatever the process layout, and
-  so does the example in each slot for the indexed sources (datasets.indexed_split).
+  so does the example in each slot for the indexed sources (datasets.indexed_split). Each
+  epoch drops the examples of its last partial batch, as the official pretraining's loader
+  does (drop_last), or with `keep_last_partial_batch` keeps them in a last batch padded to
+  full size (as main_lincls.py's loader keeps them): the output's 'mask' is False on the
+  padding, copies of an example of the split.
   """
   local_batch = local_batch_size(batch_size, process_count, batch_field)
-  steps_per_epoch = split.num_examples // batch_size
+  steps_per_epoch = (math.ceil if keep_last_partial_batch else math.floor)(
+      split.num_examples / batch_size)
   if not steps_per_epoch:
     raise DataError(f'config.{batch_field}={batch_size} is larger than the '
                     f'{split.num_examples} examples of config.data.{split_field}')
@@ -116,13 +121,19 @@ def _augmented_stream(config, split: datasets.Split, batch_size: int, augment: C
 
   def epoch_keys(epoch):
     shuffle_seed = tf.stack([tf.constant(config.seed, tf.int64), epoch])
-    return split.keys(process_index, process_count, shuffle_seed, block=local_batch).take(
-        steps_per_epoch * local_batch)
+    keys = split.keys(process_index, process_count, shuffle_seed, block=local_batch)
+    marked = keys.map(lambda key: (key, True))
+    if keep_last_partial_batch:
+      # This process's share of an epoch is at most steps_per_epoch * local_batch examples.
+      marked = marked.concatenate(keys.take(1).map(lambda key: (key, False)).repeat())
+    return marked.take(steps_per_epoch * local_batch)
 
-  def augmented(position, key):
+  def augmented(position, marked_key):
+    key, real = marked_key
     step = position // local_batch
     slot = step * batch_size + process_index * local_batch + position % local_batch
-    return augment(split.read(key), tf.stack([tf.constant(config.seed, tf.int64), slot]))
+    output = augment(split.read(key), tf.stack([tf.constant(config.seed, tf.int64), slot]))
+    return {**output, 'mask': real} if keep_last_partial_batch else output
 
   ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_keys)
   ds = ds.skip(start_offset * local_batch).enumerate(start=start_step * local_batch)
@@ -168,12 +179,19 @@ def num_linear_train_examples(config) -> int:
   return load_split(config, 'eval_train_split').num_examples
 
 
+def linear_steps_per_epoch(config) -> int:
+  """Batches of config.linear.batch_size per epoch of the linear classifier's training,
+  the last one partial (padded) where the split does not divide."""
+  return math.ceil(num_linear_train_examples(config) / config.linear.batch_size)
+
+
 def create_linear_train_iterator(config, *, start_step: int = 0, process_index=None,
                                  process_count=None) -> Iterator[dict]:
   """Labeled RandomResizedCrop + flip views of config.data.eval_train_split, forever.
 
   Yields {'image': uint8 [linear.batch_size // process_count, H, W, 3], 'label': int32,
-  'mask': bool (all True)}, the batch form of `create_eval_iterators`.
+  'mask': bool}, the batch form of `create_eval_iterators`: every image of the split each
+  epoch, the last batch padded (mask False), as main_lincls.py's loader keeps it.
   """
   process_index, process_count = _processes(process_index, process_count)
 
@@ -181,14 +199,13 @@ def create_linear_train_iterator(config, *, start_step: int = 0, process_index=N
     image = augmentations.crop_and_flip_view(example['image'], seed, config.linear.crop_scale,
                                              config.aug.crop_ratio, config.data.image_size,
                                              decoding=decoding(config.data))
-    return {'image': image, 'label': tf.cast(example['label'], tf.int32),
-            'mask': tf.constant(True)}
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
   return _augmented_stream(config, load_split(config, 'eval_train_split'),
                            config.linear.batch_size, labeled_view,
                            batch_field='linear.batch_size', split_field='eval_train_split',
                            start_step=start_step, process_index=process_index,
-                           process_count=process_count)
+                           process_count=process_count, keep_last_partial_batch=True)
 
 
 def _eval_dataset(config, split: datasets.Split, process_index, process_count):

@@ -97,15 +97,6 @@ def evaluate(state, feature_batches: Iterable[tuple[jax.Array, jax.Array]]) -> d
           'num_examples': total}
 
 
-def _steps_per_epoch(config: ml_collections.ConfigDict) -> int:
-  num_examples = input_pipeline.num_linear_train_examples(config)
-  if num_examples < config.linear.batch_size:
-    raise config_validation.ConfigError(
-        f'config.linear.batch_size={config.linear.batch_size}: larger than the '
-        f'{num_examples} examples of config.data.eval_train_split')
-  return num_examples // config.linear.batch_size
-
-
 def cached_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbone, mesh: Mesh,
                            steps_per_epoch: int, start_step: int) -> Iterator:
   """Global (features, labels) batches from `start_step` on, forever, from features extracted
@@ -114,7 +105,8 @@ def cached_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbo
   local_x, local_y = features.local_features(feature_fn, backbone, train_batches(), mesh)
   local_batch = config.linear.batch_size // jax.process_count()
   # steps_per_epoch is from the global count, so that every process runs the same number of
-  # steps; each process's shard holds at least steps_per_epoch * local_batch examples.
+  # steps; each process's shard holds at most steps_per_epoch * local_batch examples, and
+  # the epoch's last batches are padded (label PAD_LABEL) with what it lacks.
   rng = np.random.default_rng(config.seed)
   start_epoch, offset = divmod(start_step, steps_per_epoch)
   for _ in range(start_epoch):  # The orders of the epochs already trained.
@@ -123,7 +115,12 @@ def cached_feature_batches(config: ml_collections.ConfigDict, feature_fn, backbo
     order = rng.permutation(len(local_x))
     for step in range(offset, steps_per_epoch):
       rows = order[step * local_batch:(step + 1) * local_batch]
-      yield sharding.global_batch_from_local((local_x[rows], local_y[rows]), mesh)
+      padding = local_batch - len(rows)
+      batch_x = np.concatenate([local_x[rows], np.zeros((padding, *local_x.shape[1:]),
+                                                        local_x.dtype)])
+      batch_y = np.concatenate([local_y[rows], np.full(padding, features.PAD_LABEL,
+                                                       local_y.dtype)])
+      yield sharding.global_batch_from_local((batch_x, batch_y), mesh)
     offset = 0
 
 
@@ -167,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointing.check_resumable(workdir, config, linear_state_fields)
   mode = 'cached features' if config.linear.cached_features else 'augmented views'
   mesh = sharding.create_mesh()
-  steps_per_epoch = _steps_per_epoch(config)
+  steps_per_epoch = input_pipeline.linear_steps_per_epoch(config)
   total_steps = int(config.linear.num_epochs * steps_per_epoch)
   evaluation_steps = _evaluation_steps(config, steps_per_epoch, total_steps)
   preemption = workdir_lib.install_sigterm_handler()

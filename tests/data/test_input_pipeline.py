@@ -415,3 +415,35 @@ def test_tfds_unknown_split_names_the_field(config, tfds_data_dir):
   config.data.train_split = 'unlabelled'
   with pytest.raises(DataError, match=r'config\.data\.train_split'):
     input_pipeline.num_pretrain_examples(config)
+
+
+def linear_epoch_images(config, process_index=0, process_count=1):
+  """{image identity up to the flip: count} of the real images of one epoch of linear
+  training batches, and the number of padding slots."""
+  steps = input_pipeline.linear_steps_per_epoch(config)
+  batches = take(input_pipeline.create_linear_train_iterator(
+      config, process_index=process_index, process_count=process_count), steps + 1)
+  seen, padding = {}, 0
+  for batch in batches[:steps]:
+    for image, real in zip(batch['image'], batch['mask']):
+      if real:
+        key = min(image.tobytes(), image[:, ::-1].tobytes())
+        seen[key] = seen.get(key, 0) + 1
+      else:
+        padding += 1
+  assert batches[steps]['mask'].all()  # The next epoch starts with a full batch.
+  return seen, padding
+
+
+def test_linear_training_sees_every_image_each_epoch_the_last_batch_padded(config):
+  """96 images in batches of 40: 3 steps, the last with 16 images and 24 padding slots, as
+  main_lincls.py's loader keeps the last partial batch; the same images on two processes."""
+  config = identity_augmentation(config)
+  config.linear.crop_scale = (1.0, 1.0)
+  config.linear.batch_size = 40
+  assert input_pipeline.linear_steps_per_epoch(config) == 3
+  seen, padding = linear_epoch_images(config)
+  assert sum(seen.values()) == len(seen) == 96 and padding == 3 * 40 - 96
+  on_two = [linear_epoch_images(config, p, 2) for p in (0, 1)]
+  assert sum(p for _, p in on_two) == padding
+  assert sorted([*on_two[0][0], *on_two[1][0]]) == sorted(seen)

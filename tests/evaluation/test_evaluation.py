@@ -83,7 +83,7 @@ def test_preempted_linear_eval_resumes_where_it_stopped_with_the_same_result(
   losses from step 7 on and the same evaluations, the one before the stop included."""
   config = _linear_config(pretrained_workdir, cached_features)
   config.linear.log_every_steps = 1
-  assert linear_eval._steps_per_epoch(config) == 4  # pylint: disable=protected-access
+  assert input_pipeline.linear_steps_per_epoch(config) == 4
   linear_eval.train_and_evaluate(config, str(tmp_path / 'uninterrupted'))
   monkeypatch.setattr(workdir_lib, 'install_sigterm_handler', lambda: _StopAtStep(6))
   stopped = linear_eval.train_and_evaluate(config, str(tmp_path / 'resumed'))
@@ -185,3 +185,22 @@ def test_top1_and_top5_count_hand_built_logits_and_skip_padding():
   batches = [(logits[:4], labels[:4]), (logits[4:], labels[4:])]
   assert linear_eval.evaluate(classifier, batches) == {'top1': 40.0, 'top5': 80.0,
                                                        'num_examples': 5}
+
+
+def test_cached_linear_training_sees_every_feature_each_epoch_the_last_batch_padded(
+    monkeypatch):
+  """20 cached feature rows in batches of 8: 3 steps an epoch, the last with 4 rows and 4
+  padding rows (label PAD_LABEL), then a new order."""
+  config = make_tiny_config()
+  config.linear.batch_size = 8
+  rows = np.arange(20, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+  monkeypatch.setattr(input_pipeline, 'create_eval_iterators', lambda config: (list, None))
+  monkeypatch.setattr(features, 'local_features', lambda *args: (rows, np.arange(20) % 7))
+  batches = linear_eval.cached_feature_batches(config, None, None, sharding.create_mesh(),
+                                               steps_per_epoch=3, start_step=0)
+  epoch = [jax.device_get(next(batches)) for _ in range(3)]
+  labels = np.concatenate([y for _, y in epoch])
+  seen = np.concatenate([x[:, 0] for x, y in epoch])[labels != features.PAD_LABEL]
+  assert sorted(seen) == list(range(20)) and np.sum(labels == features.PAD_LABEL) == 4
+  assert all(np.all(y != features.PAD_LABEL) for _, y in epoch[:2])
+  assert np.all(jax.device_get(next(batches))[1] != features.PAD_LABEL)
