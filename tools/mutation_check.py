@@ -53,6 +53,27 @@ MUTANTS = (
            'optax.add_decayed_weights(optim.weight_decay, mask=lambda p: '
            "jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key != 'bias', p)),",
            ('tests/test_optimizer.py',)),
+    Mutant('sgd_weight_decay_doubled', 'simsiam_jax/optimizer.py',
+           '  return optax.chain(optax.add_decayed_weights(optim.weight_decay),',
+           '  return optax.chain(optax.add_decayed_weights(2 * optim.weight_decay),',
+           (f'{PARITY}::test_five_float32_sgd_steps_at_the_official_lr_move_each_tensor_as_torch_'
+            'does',)),
+    Mutant('sgd_momentum_0.8', 'simsiam_jax/optimizer.py',
+           '                     optax.sgd(schedule, momentum=optim.momentum))',
+           '                     optax.sgd(schedule, momentum=0.8))',
+           (f'{PARITY}::test_five_float32_sgd_steps_at_the_official_lr_move_each_tensor_as_torch_'
+            'does',)),
+    Mutant('linear_eval_drops_the_last_partial_batch', 'simsiam_jax/data/input_pipeline.py',
+           'process_count=process_count, keep_last_partial_batch=True)',
+           'process_count=process_count, keep_last_partial_batch=False)',
+           ('tests/data/test_input_pipeline.py::test_linear_training_sees_every_image_each_epoch_'
+            'the_last_batch_padded',)),
+    Mutant('cached_linear_eval_drops_the_last_partial_batch',
+           'simsiam_jax/evaluation/linear_eval.py',
+           '      padding = local_batch - len(rows)\n',
+           '      padding = local_batch - len(rows)\n      if padding:\n        continue\n',
+           ('tests/evaluation/test_evaluation.py::test_cached_linear_training_sees_every_feature_'
+            'each_epoch_the_last_batch_padded',)),
     Mutant('grayscale_0.5', 'configs/base.py',
            'aug.grayscale_prob = 0.2', 'aug.grayscale_prob = 0.5',
            ('tests/data/test_augmentations.py',)),
