@@ -114,7 +114,9 @@ def get_optim_config() -> ml_collections.ConfigDict:
   # Encoder lr = base_lr * batch_size / 256, cosine-decayed after warmup: once per epoch as
   # the official code does ('cosine_per_epoch'), or every step ('cosine').
   optim.base_lr = 0.05
-  # 'sgd', or 'lars' (SimCLR's, BYOL's: no decay and no trust ratio on biases and BatchNorm).
+  # 'sgd' (SimSiam's, MoCo's), or a method's own large-batch optimizer: 'simclr_lars',
+  # 'byol_lars' (no decay and no trust ratio on biases and BatchNorm; the lr before or after
+  # the momentum) or 'larc' (SwAV's: apex LARC around SGD, on every parameter).
   optim.optimizer = 'sgd'
   optim.lars_trust_coefficient = 0.001
   optim.lr_schedule = 'cosine_per_epoch'

@@ -33,11 +33,12 @@ def get_config():
   return config
 
 
-def use_lars_at_batch_4096(config, base_lr: float):
-  """The large-batch recipe SimCLR, BYOL and SwAV share on ImageNet: batch 4096, LARS, lr
-  base_lr * 4096/256 after 10 warmup epochs, cosine per step, weight decay 1e-6."""
+def use_batch_4096(config, base_lr: float, optimizer: str):
+  """The large-batch recipe SimCLR, BYOL and SwAV share on ImageNet: batch 4096, each its
+  own LARS `optimizer`, lr base_lr * 4096/256 after 10 warmup epochs, cosine per step, weight
+  decay 1e-6."""
   config.batch_size = 4096
-  config.optim.optimizer = 'lars'
+  config.optim.optimizer = optimizer
   config.optim.base_lr = base_lr
   config.optim.weight_decay = 1e-6
   config.optim.warmup_epochs = 10

@@ -1,6 +1,7 @@
-"""SGD with the paper's lr rule: cosine-decayed encoder, constant-lr predictor; LARS, which
-SimCLR, BYOL and SwAV pretrain with at large batches; and apex's LARC, which the official
-linear evaluation wraps around SGD."""
+"""SGD with the paper's lr rule: cosine-decayed encoder, constant-lr predictor; and the
+large-batch optimizers of SimCLR, BYOL and SwAV, each as its official code applies it (with a
+changing lr they are three different optimizers): SimCLR's LARS, BYOL's LARS, and apex's LARC
+around SGD, which SwAV and the official linear evaluation use."""
 
 import jax
 import jax.numpy as jnp
@@ -59,28 +60,81 @@ def sgd(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
                      optax.sgd(schedule, momentum=optim.momentum))
 
 
-# config.optim.optimizer: 'sgd' (SimSiam, MoCo v2) or 'lars' (SimCLR, BYOL, SwAV at batch 4096).
-OPTIMIZERS = ('sgd', 'lars')
-
-
 def _is_matrix(params):
+  """Weight matrices and kernels: what SimCLR's LARS (exclude_from_weight_decay=
+  ['batch_normalization', 'bias']) and BYOL's (exclude_bias_and_norm) decay and adapt."""
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def lars(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
-  """LARS as SimCLR and BYOL use it: weight decay and the trust ratio
-  (`optim.lars_trust_coefficient` * |p| / |g + wd p|) on weight matrices and kernels only,
-  plain momentum SGD on biases and BatchNorm parameters (optax.lars, which applies the lr
-  before momentum)."""
+def simclr_lars(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
+  """SimCLR's LARS (classic_momentum=True): g' = g + wd p and the trust ratio
+  eta |p| / |g'| on weight matrices and kernels only, then v = m v + lr * ratio * g' and
+  p -= v: the lr is applied before the momentum (as optax.lars does)."""
   return optax.lars(schedule, weight_decay=optim.weight_decay, weight_decay_mask=_is_matrix,
                     trust_coefficient=optim.lars_trust_coefficient, eps=0.0,
                     trust_ratio_mask=_is_matrix, momentum=optim.momentum)
 
 
+def byol_lars(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
+  """BYOL's LARS: the same decay and trust ratio on weight matrices and kernels only, then
+  mu = m mu + ratio * g' and p -= lr * mu: the lr is applied after the momentum, so a step's
+  lr scales the whole accumulated velocity."""
+  return optax.chain(
+      optax.add_decayed_weights(optim.weight_decay, mask=_is_matrix),
+      optax.masked(optax.scale_by_trust_ratio(trust_coefficient=optim.lars_trust_coefficient,
+                                              eps=0.0), _is_matrix),
+      optax.trace(decay=optim.momentum), optax.scale_by_learning_rate(schedule))
+
+
+def scale_by_larc(*, trust_coefficient: float, weight_decay: float,
+                  eps: float = 1e-8) -> optax.GradientTransformation:
+  """apex.parallel.LARC(clip=False) before SGD: each leaf's gradient g (with decay folded in)
+  is scaled by trust * |p| / (|g| + wd * |p| + eps). A leaf with |p| = 0 or |g| = 0 (a
+  zero-initialised bias at step 1) keeps its raw gradient, without decay, as in apex."""
+
+  def update_fn(updates, state, params):
+    def scale(g, p):
+      param_norm, grad_norm = jnp.linalg.norm(p), jnp.linalg.norm(g)
+      adaptive_lr = trust_coefficient * param_norm / (
+          grad_norm + param_norm * weight_decay + eps)
+      scaled = (g + weight_decay * p) * adaptive_lr
+      return jnp.where((param_norm != 0) & (grad_norm != 0), scaled, g)
+
+    return jax.tree.map(scale, updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def larc_sgd(learning_rate: optax.Schedule, *, momentum: float, weight_decay: float,
+             trust_coefficient: float = 0.001, eps: float = 1e-8) -> optax.GradientTransformation:
+  """LARC(SGD(lr, momentum, wd), trust, clip=False) on every parameter, bias and BatchNorm
+  included: SwAV's pretraining optimizer and the official linear evaluation's (trust 0.001).
+  As in torch.optim.SGD, momentum accumulates the LARC-scaled gradients and the lr multiplies
+  the result (optax.lars applies the lr first, which differs whenever the lr changes)."""
+  return optax.chain(
+      scale_by_larc(trust_coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps),
+      optax.trace(decay=momentum), optax.scale_by_learning_rate(learning_rate))
+
+
+def larc(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
+  return larc_sgd(schedule, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                  trust_coefficient=optim.lars_trust_coefficient)
+
+
+# config.optim.optimizer, each as its official code applies it:
+#   'sgd': torch.optim.SGD (SimSiam's main_simsiam.py, MoCo's main_moco.py);
+#   'simclr_lars': google-research/simclr lars_optimizer.py (the lr inside the momentum);
+#   'byol_lars': deepmind-research byol/utils/optimizers.py (the lr after the momentum);
+#   'larc': apex LARC(clip=False) around torch.optim.SGD on every parameter (main_swav.py).
+PRETRAINING_OPTIMIZERS = {'sgd': sgd, 'simclr_lars': simclr_lars, 'byol_lars': byol_lars,
+                          'larc': larc}
+OPTIMIZERS = tuple(PRETRAINING_OPTIMIZERS)
+
+
 def pretraining_optimizer(optim: ml_collections.ConfigDict,
                           schedule: optax.Schedule) -> optax.GradientTransformation:
   """`optim.optimizer` with the lr `schedule`."""
-  return lars(optim, schedule) if optim.optimizer == 'lars' else sgd(optim, schedule)
+  return PRETRAINING_OPTIMIZERS[optim.optimizer](optim, schedule)
 
 
 def frozen_for_first_steps(optim: ml_collections.ConfigDict, schedule: optax.Schedule,
@@ -122,33 +176,3 @@ def create_optimizer(optim: ml_collections.ConfigDict, *, batch_size: int, num_e
       {ENCODER: pretraining_optimizer(optim, cosine_schedule(optim, **run)),
        PREDICTOR: predictor_tx},
       param_labels)
-
-
-def scale_by_larc(*, trust_coefficient: float, weight_decay: float,
-                  eps: float = 1e-8) -> optax.GradientTransformation:
-  """apex.parallel.LARC(clip=False) before SGD: each leaf's gradient g (with decay folded in)
-  is scaled by trust * |p| / (|g| + wd * |p| + eps). A leaf with |p| = 0 or |g| = 0 (a
-  zero-initialised bias at step 1) keeps its raw gradient, without decay, as in apex."""
-
-  def update_fn(updates, state, params):
-    def scale(g, p):
-      param_norm, grad_norm = jnp.linalg.norm(p), jnp.linalg.norm(g)
-      adaptive_lr = trust_coefficient * param_norm / (
-          grad_norm + param_norm * weight_decay + eps)
-      scaled = (g + weight_decay * p) * adaptive_lr
-      return jnp.where((param_norm != 0) & (grad_norm != 0), scaled, g)
-
-    return jax.tree.map(scale, updates, params), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
-
-
-def larc_sgd(learning_rate: optax.Schedule, *, momentum: float, weight_decay: float,
-             trust_coefficient: float = 0.001, eps: float = 1e-8) -> optax.GradientTransformation:
-  """The official linear-evaluation optimizer: LARC(SGD(lr, momentum, wd), trust 0.001,
-  clip=False) on every parameter, bias included. As in torch.optim.SGD, momentum accumulates
-  the LARC-scaled gradients and the lr multiplies the result (optax.lars applies the lr
-  first, which differs whenever the lr changes)."""
-  return optax.chain(
-      scale_by_larc(trust_coefficient=trust_coefficient, weight_decay=weight_decay, eps=eps),
-      optax.trace(decay=momentum), optax.scale_by_learning_rate(learning_rate))

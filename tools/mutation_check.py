@@ -40,6 +40,7 @@ class Mutant:
 
 PARITY = 'tests/test_torch_parity.py'
 METHODS_TESTS = 'tests/methods/test_methods.py'
+OPTIMIZERS_TESTS = 'tests/test_official_optimizers.py'
 
 MUTANTS = (
     Mutant('no_stop_gradient', 'simsiam_jax/losses.py',
@@ -238,6 +239,21 @@ MUTANTS = (
            'return min(self.chip.all_reduce_bytes_per_s, hardware.H100_NETWORK_BYTES_PER_S)',
            'return self.chip.all_reduce_bytes_per_s',
            ('tests/scale/test_pod_plan.py::test_gpu_slices_are_hosts_of_8_with_nccl_ring_costs',)),
+    Mutant('byol_lars_lr_before_momentum', 'simsiam_jax/optimizer.py',
+           '      optax.trace(decay=optim.momentum), optax.scale_by_learning_rate(schedule))',
+           '      optax.scale_by_learning_rate(schedule), optax.trace(decay=optim.momentum))',
+           (f'{OPTIMIZERS_TESTS}::test_each_step_is_the_official_optimizers_while_the_lr_changes'
+            '[byol_lars]',)),
+    Mutant('simclr_lars_decays_biases', 'simsiam_jax/optimizer.py',
+           'weight_decay=optim.weight_decay, weight_decay_mask=_is_matrix,',
+           'weight_decay=optim.weight_decay, weight_decay_mask=True,',
+           (f'{OPTIMIZERS_TESTS}::test_each_step_is_the_official_optimizers_while_the_lr_changes'
+            '[simclr_lars]',)),
+    Mutant('swav_larc_is_simclrs_lars', 'simsiam_jax/optimizer.py',
+           "                          'larc': larc}",
+           "                          'larc': simclr_lars}",
+           (f'{OPTIMIZERS_TESTS}::test_each_step_is_the_official_optimizers_while_the_lr_changes'
+            '[larc]',)),
 )
 
 

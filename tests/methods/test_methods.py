@@ -372,7 +372,7 @@ def test_a_run_resumed_from_a_checkpoint_ends_in_the_uninterrupted_state(
 
 @pytest.mark.parametrize('field,value', [('moco_v2.queue_size', 128),
                                          ('swav.num_prototypes', 20),
-                                         ('optim.optimizer', 'lars')])
+                                         ('optim.optimizer', 'simclr_lars')])
 def test_resuming_with_another_state_shape_is_refused_naming_the_field(tiny_config, tmp_path,
                                                                       field, value):
   """A queue, prototypes or optimizer state of another shape would fail to restore at every
