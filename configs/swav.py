@@ -11,8 +11,9 @@ lr 4.8 at batch 4096 (0.3 * 4096/256) after 10 warmup epochs, cosine, weight dec
 3000 prototypes frozen for the first epoch (313 iterations), temperature 0.1, Sinkhorn
 epsilon 0.05 with 3 iterations, projection head 2048-128. What differs (methods/swav.py):
 warmup starts at 0, not 0.3, and the cosine ends at 0, not 0.0048 (main_swav.py's own
-defaults, --start_warmup 0 and --final_lr 0); crops of scale 0.2-1
-(the script uses 0.08-1) as for every method here; BatchNorm statistics per view.
+defaults, --start_warmup 0 and --final_lr 0); the freeze is given in epochs, so one epoch is
+312 steps here, not 313; crops of scale 0.2-1 (the script uses 0.08-1) as for every method
+here; BatchNorm statistics per view.
 Expected result (paper Table 4, 100 epochs): 66.5% linear top-1. Expected time: not
 measured; batch 4096 needs a pod slice (a v4-32 or 32 A100s).
 """

@@ -41,6 +41,8 @@ class Mutant:
 PARITY = 'tests/test_torch_parity.py'
 METHODS_TESTS = 'tests/methods/test_methods.py'
 OPTIMIZERS_TESTS = 'tests/test_official_optimizers.py'
+LOSSES_TESTS = 'tests/methods/test_official_losses.py'
+DEFAULTS_TESTS = 'tests/test_official_defaults.py'
 
 MUTANTS = (
     Mutant('no_stop_gradient', 'simsiam_jax/losses.py',
@@ -151,8 +153,7 @@ MUTANTS = (
             'momentum_m',)),
     Mutant('simclr_self_similarity_unmasked', 'simsiam_jax/losses.py',
            'a @ a.T / temperature - self_mask', 'a @ a.T / temperature',
-           ('tests/methods/test_methods.py::test_nt_xent_matches_numpy_and_uses_every_other_view_as_a_'
-            'negative',)),
+           (f'{LOSSES_TESTS}::test_nt_xent_is_simclrs_add_contrastive_loss',)),
     Mutant('moco_key_momentum_swapped', 'simsiam_jax/methods/moco_v2.py',
            'config.moco_v2.momentum)}', '1 - config.moco_v2.momentum)}',
            (f'{METHODS_TESTS}::test_moco_key_encoder_moves_before_the_step_and_the_keys_enter_'
@@ -174,7 +175,7 @@ MUTANTS = (
     Mutant('swav_codes_carry_gradient', 'simsiam_jax/methods/swav.py',
            'codes1, codes2 = (jax.lax.stop_gradient(losses.sinkhorn(',
            'codes1, codes2 = ((lambda x: x)(losses.sinkhorn(',
-           (f'{METHODS_TESTS}::test_swav_codes_are_targets_without_gradient',)),
+           (f'{LOSSES_TESTS}::test_swav_loss_is_main_swavs_with_sinkhorn_codes_as_constants',)),
     # Linear evaluation's resume and the multi-host lock.
     Mutant('linear_eval_resumes_with_the_first_batches', 'simsiam_jax/evaluation/linear_eval.py',
            'create_linear_train_iterator(config, start_step=start_step)',
@@ -254,6 +255,35 @@ MUTANTS = (
            "                          'larc': simclr_lars}",
            (f'{OPTIMIZERS_TESTS}::test_each_step_is_the_official_optimizers_while_the_lr_changes'
             '[larc]',)),
+    # Each method's loss against its official code, and its defaults against their sources.
+    Mutant('simsiam_target_not_normalized', 'simsiam_jax/losses.py',
+           'l2_normalize(at_least_float32(p)) * l2_normalize(at_least_float32(z))',
+           'l2_normalize(at_least_float32(p)) * at_least_float32(z)',
+           (f'{LOSSES_TESTS}::test_simsiam_loss_is_main_simsiams_with_z_detached',)),
+    Mutant('moco_logits_times_temperature', 'simsiam_jax/losses.py',
+           'jnp.concatenate([positives, negatives], axis=1) / temperature)',
+           'jnp.concatenate([positives, negatives], axis=1) * temperature)',
+           (f'{LOSSES_TESTS}::test_moco_loss_is_the_builders_logits_and_cross_entropy',)),
+    Mutant('byol_targets_carry_gradient', 'simsiam_jax/methods/byol.py',
+           'z1_target, z2_target = jax.lax.stop_gradient((z1_target, z2_target))',
+           'z1_target, z2_target = (z1_target, z2_target)',
+           (f'{LOSSES_TESTS}::test_byol_loss_is_the_experiments_repr_loss',)),
+    Mutant('simsiam_lr_0.1', 'configs/imagenet.py',
+           'config.optim.base_lr = 0.05', 'config.optim.base_lr = 0.1', (DEFAULTS_TESTS,)),
+    Mutant('linear_lr_0.02', 'configs/base.py',
+           'linear.base_lr = 0.1', 'linear.base_lr = 0.02', (DEFAULTS_TESTS,)),
+    Mutant('bank_momentum_0.9', 'configs/base.py',
+           'simsiam.bank_momentum = 0.8', 'simsiam.bank_momentum = 0.9', (DEFAULTS_TESTS,)),
+    Mutant('simclr_temperature_0.5', 'configs/simclr.py',
+           'config.simclr.temperature = 0.1', 'config.simclr.temperature = 0.5',
+           (DEFAULTS_TESTS,)),
+    Mutant('moco_temperature_0.07', 'configs/moco_v2.py',
+           'config.moco_v2.temperature = 0.2', 'config.moco_v2.temperature = 0.07',
+           (DEFAULTS_TESTS,)),
+    Mutant('byol_tau_of_1000_epochs', 'configs/byol.py',
+           'config.byol.tau_base = 0.99', 'config.byol.tau_base = 0.996', (DEFAULTS_TESTS,)),
+    Mutant('swav_epsilon_0.03', 'configs/base.py',
+           'swav.epsilon = 0.05', 'swav.epsilon = 0.03', (DEFAULTS_TESTS,)),
 )
 
 

@@ -44,13 +44,20 @@ def target_decay(step, tau_base: float, total_steps: int):
   return 1 - (1 - tau_base) * (jnp.cos(math.pi * progress) + 1) / 2
 
 
+def byol_loss(p1, p2, z1_target, z2_target):
+  """Each view's prediction regresses the target's projection of the other view; the two
+  batch means summed (byol_experiment.py loss_fn's repr_loss). No gradient reaches the
+  targets, whatever computed them."""
+  z1_target, z2_target = jax.lax.stop_gradient((z1_target, z2_target))
+  return losses.byol_regression(p1, z2_target) + losses.byol_regression(p2, z1_target)
+
+
 def loss_fn(params, batch_stats, apply_fn, views, targets):
-  """(sum over both views of the batch mean |p/|p| - z'/|z'||^2, (outputs, batch_stats))."""
+  """(byol_loss of the online predictions and the target projections, (outputs,
+  batch_stats))."""
   outputs, mutated = apply_fn({'params': params, 'batch_stats': batch_stats}, *views,
                               train=True, mutable=['batch_stats'])
-  z1_target, z2_target = targets
-  loss = (losses.byol_regression(outputs['p1'], z2_target) +
-          losses.byol_regression(outputs['p2'], z1_target))
+  loss = byol_loss(outputs['p1'], outputs['p2'], *targets)
   return loss, (outputs, mutated['batch_stats'])
 
 

@@ -1,6 +1,7 @@
-"""The methods of the paper's Table 4 (SimCLR, MoCo v2, BYOL, SwAV): each loss against a
-float64 numpy reference on hand-made inputs, each update rule through the real train step,
-the sharded step against the single-device one, and resuming after a preemption."""
+"""The methods of the paper's Table 4 (SimCLR, MoCo v2, BYOL, SwAV): each update rule through
+the real train step (its loss against a float64 numpy reference; the losses themselves are
+checked against their official code in test_official_losses.py), the sharded step against
+the single-device one, and resuming after a preemption."""
 
 import jax
 import numpy as np
@@ -64,62 +65,12 @@ def _hand_made(rows, dim, seed=0):
       base + 0.3 * rng.normal(size=(rows, dim))).astype(np.float32)
 
 
-def test_nt_xent_matches_numpy_and_uses_every_other_view_as_a_negative():
-  z1, z2 = _hand_made(6, 5)
-  np.testing.assert_allclose(losses.nt_xent(z1, z2, 0.1), numpy_nt_xent(z1, z2, 0.1),
-                             rtol=1e-5)
-  np.testing.assert_allclose(losses.nt_xent(z1, z2, 0.5), numpy_nt_xent(z1, z2, 0.5),
-                             rtol=1e-5)
-  # Perfect positives orthogonal to every negative: the loss is 2 log(1 + (2N - 2) e^{-1/t}).
-  eye = np.eye(4, dtype=np.float32)
-  np.testing.assert_allclose(losses.nt_xent(eye, 3 * eye, 0.5),
-                             2 * np.log(1 + 6 * np.exp(-2.0)), rtol=1e-6)
-
-
-def test_info_nce_matches_numpy_with_the_queue_as_negatives():
-  q, k = _hand_made(4, 6)
-  queue = _unit(np.random.default_rng(1).normal(size=(10, 6))).astype(np.float32)
-  np.testing.assert_allclose(losses.info_nce(q, k, queue, 0.2),
-                             numpy_info_nce(q, k, queue, 0.2), rtol=1e-5)
-
-
 def test_byol_regression_is_two_minus_twice_the_cosine():
   p, z = _hand_made(5, 3)
   cosine = np.sum(_unit(p) * _unit(z), axis=1)
   np.testing.assert_allclose(losses.byol_regression(p, 7 * z), np.mean(2 - 2 * cosine),
                              rtol=1e-5)
   np.testing.assert_allclose(losses.byol_regression(p, 3 * p), 0, atol=1e-6)
-
-
-@pytest.mark.parametrize('iterations', [3, 50])
-def test_sinkhorn_matches_numpy_and_equipartitions(iterations):
-  scores = np.random.default_rng(2).uniform(-1, 1, size=(12, 4)).astype(np.float32)
-  codes = np.asarray(losses.sinkhorn(scores, 0.05, iterations))
-  np.testing.assert_allclose(codes, numpy_sinkhorn(scores, 0.05, iterations), rtol=1e-4,
-                             atol=1e-7)
-  np.testing.assert_allclose(codes.sum(axis=1), 1, rtol=1e-5)
-  if iterations == 50:  # Converged: every prototype holds B / K examples.
-    np.testing.assert_allclose(codes.sum(axis=0), 12 / 4, rtol=1e-3)
-
-
-def test_swapped_prediction_matches_numpy():
-  scores = np.random.default_rng(3).uniform(-1, 1, size=(6, 5)).astype(np.float32)
-  codes = numpy_sinkhorn(scores[::-1], 0.05, 3)
-  np.testing.assert_allclose(losses.swapped_prediction(codes.astype(np.float32), scores, 0.1),
-                             numpy_swapped_prediction(codes, scores, 0.1), rtol=1e-5)
-
-
-def test_swav_codes_are_targets_without_gradient(tiny_config):
-  """d loss / d scores2 is (softmax(scores2 / t) - codes1) / (2 t B): only the prediction
-  side carries a gradient, the codes of the Sinkhorn-Knopp step are constants."""
-  config = method_config(tiny_config, 'swav')
-  rng = np.random.default_rng(7)
-  s1, s2 = (rng.uniform(-1, 1, size=(6, 5)).astype(np.float32) for _ in range(2))
-  t = config.swav.temperature
-  gradient = jax.grad(swav.swav_loss, argnums=1)(s1, s2, config)
-  codes1 = numpy_sinkhorn(s1, config.swav.epsilon, config.swav.sinkhorn_iterations)
-  softmax = np.exp(s2 / t - logsumexp(s2 / t, axis=1, keepdims=True))
-  np.testing.assert_allclose(gradient, (softmax - codes1) / (2 * t * 6), rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize('loss', ['nt_xent', 'sinkhorn'])
