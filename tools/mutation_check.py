@@ -1,6 +1,7 @@
 """Mutation check: does the test suite catch the bugs that matter?
 
-    python tools/mutation_check.py [--mutants=NAME,...] [--list] [--skip_baseline] [--fresh]
+    python tools/mutation_check.py [--mutants=NAME,...] [--jobs=N] [--list] [--skip_baseline]
+                                   [--fresh]
 
 Copies the tree to a scratch directory, then applies each mutant of MUTANTS there (a small
 deliberate bug: one exact piece of source replaced), runs only the tests that should catch
@@ -12,13 +13,16 @@ if a mutant no longer applies (its source moved: update MUTANTS) or the baseline
 `--fresh` only checks, in a second, that every mutant still applies (its piece of source
 occurs once, its tests exist); the test suite runs that check (tests/test_mutation_check.py).
 
-Takes about 14 minutes on a 2-core machine; the tests share the repository's JAX
-compilation cache (.cache/jax).
+Took about 14 minutes on a 2-core machine for the first 22 mutants (README.md has the times
+of the rest); the tests share the repository's JAX compilation cache (.cache/jax).
+`--jobs=N` checks N mutants at once, each in its own copy of the tree.
 """
 
 import argparse
+import concurrent.futures
 import dataclasses
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -298,10 +302,12 @@ def copy_tree(destination: str):
       shutil.copy2(source, os.path.join(destination, path))
 
 
-def run_tests(tree: str, tests, *, stop_at_first_failure: bool,
-              env: dict) -> tuple[int, list[str], str]:
+def run_tests(tree: str, tests, *, stop_at_first_failure: bool, env: dict,
+              processes: int = 1) -> tuple[int, list[str], str]:
   """(pytest's exit status, the failed test ids, its output tail)."""
   command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-rf', *tests]
+  if processes > 1:
+    command += ['-n', str(processes), '--dist', 'loadscope']
   if stop_at_first_failure:
     command.insert(3, '-x')
   result = subprocess.run(command, cwd=tree, capture_output=True, text=True, env=env)
@@ -368,6 +374,9 @@ def main(argv=None) -> int:
                       help='do not run the selected tests on the unmutated tree first')
   parser.add_argument('--fresh', action='store_true',
                       help='only check that every mutant applies, then exit')
+  parser.add_argument('--jobs', type=int, default=1,
+                      help='mutants checked at once, each in its own copy of the tree (the '
+                      'tests compile on about one core each: 2 on a 2-core machine)')
   args = parser.parse_args(argv)
   if args.fresh:
     problems = stale_mutants()
@@ -386,31 +395,44 @@ def main(argv=None) -> int:
   selected = [m for m in MUTANTS if not names or m.name in names]
 
   with tempfile.TemporaryDirectory(prefix='mutation_check_') as scratch:
-    tree = os.path.join(scratch, 'tree')
-    copy_tree(tree)
+    trees = [os.path.join(scratch, f'tree{i}') for i in range(max(args.jobs, 1))]
+    for tree in trees:
+      copy_tree(tree)
     # Shared with the test runs of the repository (tests/conftest.py): most programs the
     # mutants leave alone are compiled already.
     env = {**os.environ,
            'JAX_COMPILATION_CACHE_DIR': os.path.join(REPO_ROOT, '.cache', 'jax')}
-    problems = stale_mutants(tree, selected)  # Every mutant must apply before any time is spent.
+    problems = stale_mutants(trees[0], selected)  # All must apply before any time is spent.
     if problems:
       print(f'error: {"; ".join(problems)}', file=sys.stderr)
       return 2
     if not args.skip_baseline:
       tests = sorted({t for m in selected for t in m.tests})
       started = time.perf_counter()
-      returncode, failed, output = run_tests(tree, tests, stop_at_first_failure=False,
-                                             env=env)
+      returncode, failed, output = run_tests(trees[0], tests, stop_at_first_failure=False,
+                                             env=env, processes=len(trees))
       print(f'baseline: the {len(tests)} selected test targets on the unmutated tree: '
             f'exit status {returncode} ({time.perf_counter() - started:.0f}s)', flush=True)
       if returncode != 0:
         print(f'error: the unmutated tree fails {failed or output}', file=sys.stderr)
         return 2
+    free_trees = queue.Queue()
+    for tree in trees:
+      free_trees.put(tree)
+
+    def check_in_a_free_tree(mutant):
+      tree = free_trees.get()
+      try:
+        return check(tree, mutant, env)
+      finally:
+        free_trees.put(tree)
+
     results = []
-    for mutant in selected:
-      verdict, detail, seconds = check(tree, mutant, env)
-      results.append(verdict)
-      print(f'{mutant.name:40s} {verdict:6s} {seconds:5.0f}s  {detail}', flush=True)
+    with concurrent.futures.ThreadPoolExecutor(len(trees)) as pool:
+      for mutant, (verdict, detail, seconds) in zip(selected,
+                                                    pool.map(check_in_a_free_tree, selected)):
+        results.append(verdict)
+        print(f'{mutant.name:40s} {verdict:6s} {seconds:5.0f}s  {detail}', flush=True)
   missed = len(results) - results.count('caught')
   print(f'{results.count("caught")}/{len(results)} mutants caught.')
   return 1 if missed else 0
