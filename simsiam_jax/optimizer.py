@@ -66,24 +66,30 @@ def _is_matrix(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def simclr_lars(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
-  """SimCLR's LARS (classic_momentum=True): g' = g + wd p and the trust ratio
-  eta |p| / |g'| on weight matrices and kernels only, then v = m v + lr * ratio * g' and
-  p -= v: the lr is applied before the momentum (as optax.lars does)."""
-  return optax.lars(schedule, weight_decay=optim.weight_decay, weight_decay_mask=_is_matrix,
-                    trust_coefficient=optim.lars_trust_coefficient, eps=0.0,
-                    trust_ratio_mask=_is_matrix, momentum=optim.momentum)
-
-
-def byol_lars(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
-  """BYOL's LARS: the same decay and trust ratio on weight matrices and kernels only, then
-  mu = m mu + ratio * g' and p -= lr * mu: the lr is applied after the momentum, so a step's
-  lr scales the whole accumulated velocity."""
+def _lars(optim: ml_collections.ConfigDict, schedule: optax.Schedule, *,
+          lr_after_momentum: bool):
+  """g' = g + wd p and the trust ratio eta |p| / |g'| on weight matrices and kernels only
+  (plain momentum SGD on biases and BatchNorm), then the lr and the momentum in the order
+  given."""
+  scale_by_lr = optax.scale_by_learning_rate(schedule)
+  momentum = optax.trace(decay=optim.momentum)
   return optax.chain(
       optax.add_decayed_weights(optim.weight_decay, mask=_is_matrix),
       optax.masked(optax.scale_by_trust_ratio(trust_coefficient=optim.lars_trust_coefficient,
                                               eps=0.0), _is_matrix),
-      optax.trace(decay=optim.momentum), optax.scale_by_learning_rate(schedule))
+      *((momentum, scale_by_lr) if lr_after_momentum else (scale_by_lr, momentum)))
+
+
+def simclr_lars(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
+  """SimCLR's LARS (classic_momentum=True): v = m v + lr * ratio * g' and p -= v, the lr
+  applied before the momentum (as optax.lars does)."""
+  return _lars(optim, schedule, lr_after_momentum=False)
+
+
+def byol_lars(optim: ml_collections.ConfigDict, schedule: optax.Schedule):
+  """BYOL's LARS: mu = m mu + ratio * g' and p -= lr * mu, the lr applied after the
+  momentum, so a step's lr scales the whole accumulated velocity."""
+  return _lars(optim, schedule, lr_after_momentum=True)
 
 
 def scale_by_larc(*, trust_coefficient: float, weight_decay: float,

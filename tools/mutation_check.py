@@ -245,13 +245,13 @@ MUTANTS = (
            'return self.chip.all_reduce_bytes_per_s',
            ('tests/scale/test_pod_plan.py::test_gpu_slices_are_hosts_of_8_with_nccl_ring_costs',)),
     Mutant('byol_lars_lr_before_momentum', 'simsiam_jax/optimizer.py',
-           '      optax.trace(decay=optim.momentum), optax.scale_by_learning_rate(schedule))',
-           '      optax.scale_by_learning_rate(schedule), optax.trace(decay=optim.momentum))',
+           '  return _lars(optim, schedule, lr_after_momentum=True)',
+           '  return _lars(optim, schedule, lr_after_momentum=False)',
            (f'{OPTIMIZERS_TESTS}::test_each_step_is_the_official_optimizers_while_the_lr_changes'
             '[byol_lars]',)),
-    Mutant('simclr_lars_decays_biases', 'simsiam_jax/optimizer.py',
-           'weight_decay=optim.weight_decay, weight_decay_mask=_is_matrix,',
-           'weight_decay=optim.weight_decay, weight_decay_mask=True,',
+    Mutant('lars_decays_biases', 'simsiam_jax/optimizer.py',
+           'optax.add_decayed_weights(optim.weight_decay, mask=_is_matrix),',
+           'optax.add_decayed_weights(optim.weight_decay),',
            (f'{OPTIMIZERS_TESTS}::test_each_step_is_the_official_optimizers_while_the_lr_changes'
             '[simclr_lars]',)),
     Mutant('swav_larc_is_simclrs_lars', 'simsiam_jax/optimizer.py',
