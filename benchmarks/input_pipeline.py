@@ -1,4 +1,6 @@
-"""Two-view images/s per CPU core: our tf.data pipeline vs the official PyTorch one.
+"""Two-view images/s per CPU core: our tf.data pipeline vs the official PyTorch one, or our
+pipeline in its two modes (config.data.augment_on 'host' and 'device', with and without
+PIL-faithful resizing) side by side.
 
 Both read the same 224px JPEG folder (CIFAR-10 images upsized, written to a temporary
 directory at run time) and apply the same recipe (MoCo v2 with blur, image size 224):
@@ -12,9 +14,16 @@ another interpreter, since torch lives in its own virtualenv.
 
 Note the official pipeline also normalizes to float32 on the host (ToTensor, Normalize);
 ours ships uint8 and normalizes on the device, which is part of the design being measured.
+
+  python benchmarks/input_pipeline.py --compare=modes
+
+times our host side only, in each of augment_on=host and device (where the host decodes,
+crops and resizes, and the train step does the rest) with resize_antialias 0 and 1: four
+variants in fresh processes, alternated over the repeats. No torch needed.
 """
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -73,6 +82,7 @@ def tf_images_per_s(args):
   config.data.host_threads = args.cores
   config.data.resize_antialias = bool(args.antialias)
   config.data.jpeg_dct_method = args.dct_method
+  config.data.augment_on = args.augment_on
   config.batch_size = args.batch_size
   batches = input_pipeline.create_pretrain_iterator(config, process_index=0,
                                                     process_count=1)
@@ -146,6 +156,14 @@ def main():
                       help='config.data.resize_antialias of our side (1 or 0)')
   parser.add_argument('--dct_method', default='INTEGER_ACCURATE',
                       help='config.data.jpeg_dct_method of our side')
+  parser.add_argument('--augment_on', choices=['host', 'device'], default='host',
+                      help='config.data.augment_on of our side')
+  parser.add_argument('--compare', choices=['torch', 'modes'], default='torch',
+                      help='ours against torchvision, or our modes against each other')
+  parser.add_argument('--gflop_per_image', type=float, default=48.2,
+                      help="the ResNet-50 SimSiam step's GFLOP per image (the pod plan's)")
+  parser.add_argument('--tpu_utilisation', type=float, default=0.4)
+  parser.add_argument('--gpu_utilisation', type=float, default=0.3)
   args = parser.parse_args()
 
   if args.side != 'both':
@@ -153,25 +171,33 @@ def main():
     print(json.dumps(fn(args)))
     return
 
-  def run_side(side):
+  def run_side(side, antialias=args.antialias, augment_on=args.augment_on):
     command = [sys.executable if side == 'tf' else args.torch_python, __file__,
                f'--side={side}', f'--root={args.root}', f'--cores={args.cores}',
                f'--batch_size={args.batch_size}', f'--warmup={args.warmup}',
-               f'--steps={args.steps}', f'--antialias={args.antialias}',
-               f'--dct_method={args.dct_method}']
+               f'--steps={args.steps}', f'--antialias={antialias}',
+               f'--dct_method={args.dct_method}', f'--augment_on={augment_on}']
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
+  if args.compare == 'modes':
+    variants = {(augment_on, antialias): functools.partial(run_side, 'tf', antialias, augment_on)
+                for antialias in (0, 1) for augment_on in ('host', 'device')}
+  else:
+    variants = {side: functools.partial(run_side, side) for side in ('tf', 'torch')}
   with tempfile.TemporaryDirectory() as args.root:
     make_jpeg_folder(args.source, args.root, args.images_per_class)
-    # Each side in a fresh process, so neither inherits the other's threads or caches;
-    # alternated, so that a burst of load from other jobs does not hit one side only.
-    runs = {'tf': [], 'torch': []}
+    # Each variant in a fresh process, so none inherits another's threads or caches;
+    # alternated, so that a burst of load from other jobs does not hit one variant only.
+    runs = {name: [] for name in variants}
     for _ in range(args.repeats):
-      for side in runs:
-        runs[side].append(run_side(side))
-  best = {side: {k: max(r[k] for r in rs) for k in ('wall', 'cpu')}
-          for side, rs in runs.items()}
+      for name, run in variants.items():
+        runs[name].append(run())
+  best = {name: {k: max(r[k] for r in rs) for k in ('wall', 'cpu')}
+          for name, rs in runs.items()}
+  if args.compare == 'modes':
+    print_modes(args, best)
+    return
   print(f'{args.cores} cores, {args.batch_size}-image batches, {IMAGE_SIZE}px JPEGs, '
         f'two views per image, best of {args.repeats}; ours with antialias={args.antialias}, '
         f'dct_method={args.dct_method}')
@@ -180,6 +206,39 @@ def main():
     print(f'{name:24s}{best[side]["wall"] / args.cores:12.1f}{best[side]["cpu"]:30.1f}')
   print(f'{"ratio":24s}{best["tf"]["wall"] / best["torch"]["wall"]:11.2f}x'
         f'{best["tf"]["cpu"] / best["torch"]["cpu"]:29.2f}x')
+
+
+def print_modes(args, best):
+  print(f'{args.cores} cores, {args.batch_size}-image batches, {IMAGE_SIZE}px JPEGs, '
+        f'two views per image, best of {args.repeats}, dct_method={args.dct_method}')
+  print('| augment_on | resize_antialias | images/s/core (wall / cores) | images per CPU-s '
+        '| against host, antialias 0 (CPU) |')
+  print('|---|---|---|---|---|')
+  reference = best[('host', 0)]['cpu']
+  for (augment_on, antialias), figures in best.items():
+    print(f'| {augment_on} | {antialias} | {figures["wall"] / args.cores:.1f} | '
+          f'{figures["cpu"]:.1f} | {figures["cpu"] / reference:.2f}x |')
+  print_input_budget(args, {variant: figures['cpu'] for variant, figures in best.items()})
+
+
+def print_input_budget(args, images_per_cpu_s):
+  """Per host type: the images/s its chips want against what its vCPUs give in each mode."""
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from simsiam_jax.scale import hardware  # pylint: disable=g-import-not-at-top
+  print(f'\nInput budget: the chips want utilisation x bf16 peak / {args.gflop_per_image} GFLOP '
+        f'per image (TPU {args.tpu_utilisation:.0%}, GPU {args.gpu_utilisation:.0%}); a host '
+        'gives vCPUs x images per CPU-s (each vCPU as one core here).')
+  variants = list(images_per_cpu_s)
+  print('| host | chips | vCPUs | chips want (images/s) | ' +
+        ' | '.join(f'{a}, antialias {b}: gives (share of need)' for a, b in variants) + ' |')
+  print('|---|---|---|---|' + '---|' * len(variants))
+  for name, host in hardware.HOSTS.items():
+    utilisation = args.gpu_utilisation if 'H100' in name else args.tpu_utilisation
+    want = (host.chips * utilisation * hardware.PEAK_TFLOPS[host.peak_key][0] * 1e12 /
+            (args.gflop_per_image * 1e9))
+    gives = [host.vcpus * images_per_cpu_s[variant] for variant in variants]
+    print(f'| {name} | {host.chips} | {host.vcpus} | {want:,.0f} | ' +
+          ' | '.join(f'{g:,.0f} ({g / want:.0%})' for g in gives) + ' |')
 
 
 if __name__ == '__main__':

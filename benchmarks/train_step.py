@@ -1,10 +1,12 @@
 """Times the real jitted train step of a config: images/s, FLOPs, MFU and memory per device.
 
   python benchmarks/train_step.py --config=configs/cifar10_cpu.py \
-      [--methods=simsiam,simclr,moco_v2,byol,swav] [--rounds=7] [--warmup=2] \
-      [--config.FIELD=VALUE ...] [--json_out=FILE]
+      [--methods=simsiam,simclr,moco_v2,byol,swav] [--augment_on=host,device] [--rounds=7] \
+      [--warmup=2] [--config.FIELD=VALUE ...] [--json_out=FILE]
 
-For each method (default: the config's `method`) the step is the one pretraining runs
+For each method (default: the config's `method`), and each of `--augment_on`'s modes
+(default: the config's; 'device' adds the recipe after the crop to the step), the step is
+the one pretraining runs
 (`train.make_train_step` on the mesh of all devices), fed random uint8 views of the
 config's batch and image size, so no data is read. Each is compiled ahead (the compile
 time is reported apart), warmed up, then timed one awaited step at a time in rounds that
@@ -45,6 +47,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Configuration whose step to time.',
                                 lock_config=True)
 flags.DEFINE_list('methods', None, 'Methods to time side by side (default: config.method).')
+flags.DEFINE_list('augment_on', None, 'Modes of config.data.augment_on to time side by side '
+                  '(default: config.data.augment_on).')
 flags.DEFINE_integer('rounds', 7, 'Timed steps per method (the median is reported).')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps per method after compiling.')
 flags.DEFINE_integer('num_examples', 50_000,
@@ -98,19 +102,26 @@ def main(argv):
   config = FLAGS.config
   mesh = sharding.create_mesh()
   names = FLAGS.methods or [config.method]
+  modes = FLAGS.augment_on or [config.data.augment_on]
   steps = {}
   for name in names:
-    method_config = config.copy_and_resolve_references()
-    method_config.method = name
-    steps[name] = TimedStep(method_config, mesh, FLAGS.num_examples)
+    for mode in modes:
+      variant = config.copy_and_resolve_references()
+      variant.method = name
+      variant.data.augment_on = mode
+      steps[name if len(modes) == 1 else f'{name}, augment_on={mode}'] = TimedStep(
+          variant, mesh, FLAGS.num_examples)
+  # The official step augments nothing: it is compared with the host mode's.
+  simsiam = next((name for name, step in steps.items() if step.config.method == 'simsiam' and
+                  step.config.data.augment_on == 'host'), None)
   if not FLAGS.torch:
     torch_reason = 'not asked for (--notorch)'
-  elif 'simsiam' not in steps:
-    torch_reason = 'it is compared with the simsiam step, which is not timed here'
+  elif simsiam is None:
+    torch_reason = 'it is compared with the simsiam step in host mode, which is not timed here'
   else:
-    torch_reason = torch_step.unsupported_reason(steps['simsiam'].config,
-                                                 jax.devices()[0].platform)
-  torch_official = torch_step.TorchStep(steps['simsiam'].config) if torch_reason is None else None
+    torch_reason = torch_step.unsupported_reason(steps[simsiam].config, jax.devices()[0].platform)
+  torch_official = (torch_step.TorchStep(steps[simsiam].config) if torch_reason is None
+                    else None)
   timed = [*steps.values(), *([torch_official] if torch_official else [])]
   for step in timed:
     for _ in range(FLAGS.warmup):
@@ -134,7 +145,7 @@ def main(argv):
   print(f'{config.model.name} at {config.data.image_size}px, batch {config.batch_size}, '
         f'{dtype}, on {devices}; peak {peak:.3g} TFLOP/s per device ({peak_source}); median '
         f'of {FLAGS.rounds} steps')
-  print('| method | step (s) | images/s | GFLOP/step | TFLOP/s | MFU | memory/device (MiB) '
+  print('| step | step (s) | images/s | GFLOP/step | TFLOP/s | MFU | memory/device (MiB) '
         '| compile (s) |')
   print('|---|---|---|---|---|---|---|---|')
   for name, r in results.items():
@@ -143,13 +154,24 @@ def main(argv):
           f'{r["memory_mib_per_device"]:.0f} | {r["compile_seconds"]:.1f} |')
   report = {'devices': devices, 'peak_tflops_per_device': peak, 'peak_source': peak_source,
             'xla_flags': os.environ.get('XLA_FLAGS', ''), 'results': results}
+  for name in names:
+    host, device = (f'{name}, augment_on={mode}' for mode in ('host', 'device'))
+    if host in results and device in results:
+      report.setdefault('device_augmentation', {})[name] = {
+          'flops_share': 1 - results[host]['gflop_per_step'] / results[device]['gflop_per_step'],
+          'step_time_ratio': results[device]['step_seconds'] / results[host]['step_seconds']}
+      print(f'{name}: device augmentation is '
+            f'{report["device_augmentation"][name]["flops_share"]:.2%} of the device-mode step\'s '
+            f'FLOPs; step time device/host '
+            f'{report["device_augmentation"][name]["step_time_ratio"]:.3f}x')
   if torch_official:
     torch_seconds = statistics.median(torch_official.times)
     report['pytorch'] = {'step_seconds': torch_seconds, 'threads': torch_official.threads,
-                         'jax_over_pytorch': results['simsiam']['step_seconds'] / torch_seconds}
+                         'jax_over_pytorch': results[simsiam]['step_seconds'] / torch_seconds}
     print(f'| pytorch (official, {torch_official.threads} threads) | {torch_seconds:.3f} | '
           f'{config.batch_size / torch_seconds:.1f} | | | | | |')
-    print(f'JAX/PyTorch step time (simsiam): {report["pytorch"]["jax_over_pytorch"]:.2f}x')
+    print(f'JAX/PyTorch step time (simsiam, host mode): '
+          f'{report["pytorch"]["jax_over_pytorch"]:.2f}x')
   else:
     print(f'PyTorch step not timed: {torch_reason}.')
   print(f'XLA_FLAGS: {report["xla_flags"] or "(none)"}')

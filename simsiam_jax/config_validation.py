@@ -92,6 +92,7 @@ def _require_range(config: ml_collections.ConfigDict, field: str, high: float | 
 
 
 def _require_valid_augmentations(config: ml_collections.ConfigDict):
+  require_choice(config, 'data.augment_on', data.AUGMENT_ON)
   _require_range(config, 'aug.crop_scale', high=1)
   _require_range(config, 'aug.crop_ratio')
   _require_range(config, 'aug.blur_sigma')

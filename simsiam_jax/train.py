@@ -13,11 +13,26 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from simsiam_jax import checkpointing, config_validation
-from simsiam_jax.data import input_pipeline
+from simsiam_jax.data import device_augmentations, input_pipeline
 from simsiam_jax.evaluation import evaluators, features
 from simsiam_jax import losses, methods, reporting, sharding
 from simsiam_jax import workdir as workdir_lib
 from simsiam_jax.train_state import TrainState, state_shardings
+
+
+def train_step_fn(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Callable:
+  """step(state, batch) -> (state, metrics) of config.method; with
+  config.data.augment_on='device' it first augments the batch's crops, with the draws of
+  the step the state is at (so a resumed run augments as an uninterrupted one)."""
+  method_step = methods.get(config.method).train_step_fn(config, steps_per_epoch)
+  if config.data.augment_on == 'host':
+    return method_step
+
+  def step(state: TrainState, batch):
+    return method_step(state, device_augmentations.augment_batch(
+        batch, state.step, config.seed, config.aug, config.data.image_size))
+
+  return step
 
 
 def make_train_step(config: ml_collections.ConfigDict, steps_per_epoch: int, mesh: Mesh,
@@ -25,7 +40,7 @@ def make_train_step(config: ml_collections.ConfigDict, steps_per_epoch: int, mes
   """The method's train step jit-compiled for `mesh`: the batch sharded over `data`, the
   state kept where `state` is (replicated, a memory bank split by rows)."""
   shardings = state_shardings(state)
-  return jax.jit(methods.get(config.method).train_step_fn(config, steps_per_epoch),
+  return jax.jit(train_step_fn(config, steps_per_epoch),
                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)),
                  donate_argnums=0)

@@ -18,23 +18,29 @@ def test_train_step_benchmark_reports_the_steps_and_the_official_pytorch_step(tm
   config_flags = [f for f in TINY_RUN if f.startswith('--config')]
   result = subprocess.run(
       [sys.executable, 'benchmarks/train_step.py', *config_flags, '--methods=simsiam',
-       '--rounds=2', '--warmup=1', '--num_examples=64', f'--json_out={out}'],
+       '--augment_on=host,device', '--rounds=2', '--warmup=1', '--num_examples=64', f'--json_out={out}'],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(out) as f:
     report = json.load(f)
   assert report['devices'] == '8 x cpu'  # The batch is sharded over the test's mesh.
   assert report['peak_source'] == 'measured float32 matmul' and report['peak_tflops_per_device'] > 0
-  assert list(report['results']) == ['simsiam']
+  host, device = 'simsiam, augment_on=host', 'simsiam, augment_on=device'
+  assert list(report['results']) == [host, device]
   for figures in report['results'].values():
     assert figures['images_per_second'] == pytest.approx(16 / figures['step_seconds'])
     assert figures['gflop_per_step'] > 0 and figures['memory_mib_per_device'] > 0
     assert 0 < figures['mfu'] < 1
+  # The device mode's step holds the augmentation: more FLOPs, a small share of them.
+  share = report['device_augmentation']['simsiam']['flops_share']
+  assert share == pytest.approx(1 - report['results'][host]['gflop_per_step'] /
+                                report['results'][device]['gflop_per_step'])
+  assert 0 < share < 0.5
   torch_figures = report['pytorch']
   assert torch_figures['step_seconds'] > 0 and torch_figures['threads'] >= 1
   assert torch_figures['jax_over_pytorch'] == pytest.approx(
-      report['results']['simsiam']['step_seconds'] / torch_figures['step_seconds'])
-  assert '| simsiam |' in result.stdout and '| pytorch (official' in result.stdout
+      report['results'][host]['step_seconds'] / torch_figures['step_seconds'])
+  assert f'| {host} |' in result.stdout and '| pytorch (official' in result.stdout
   assert '--xla_cpu_experimental_ynn_fusion_type=' in report['xla_flags']
 
 

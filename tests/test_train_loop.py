@@ -14,7 +14,10 @@ from simsiam_jax.reporting import read_scalars
 
 
 def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_path):
-  args = [*TINY_RUN, '--config.num_epochs=20', '--config.checkpoint_every_steps=10']
+  """With the augmentation on the device, whose draws come from the restored step (the host
+  mode's resumptions are those of the methods' and EM variants' tests)."""
+  args = [*TINY_RUN, '--config.num_epochs=20', '--config.checkpoint_every_steps=10',
+          '--config.data.augment_on=device']
   reference = tmp_path / 'uninterrupted'
   result = run_main(*args, f'--workdir={reference}')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -35,6 +38,7 @@ def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_pa
   # optimizer momentum included, not only the losses.
   config = make_tiny_config()
   config.num_epochs = 20
+  config.data.augment_on = 'device'
   expected, step = restore_final_state(config, reference, steps_per_epoch=4)
   resumed, resumed_step = restore_final_state(config, interrupted, steps_per_epoch=4)
   assert step == resumed_step == 80

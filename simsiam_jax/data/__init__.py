@@ -2,8 +2,12 @@
 ops (augmentations), the tf.data streams of views and evaluation batches (input_pipeline),
 and the normalisation done on the device (preprocess).
 
-The package itself holds only what the config checks and the command line's error exit
-need, so that they load without TensorFlow: `DataError` and the choices of the data fields.
+The recipe after the crop also exists as JAX ops (device_augmentations), which the train
+step runs with config.data.augment_on='device'.
+
+The package itself holds only what loads without TensorFlow and is needed by the config
+checks, the command line's error exit or both sets of ops: `DataError`, the choices of the
+data fields, and the constants the host's and the device's ops share.
 """
 
 
@@ -14,3 +18,16 @@ class DataError(ValueError):
 # config.data.jpeg_dct_method: libjpeg's accurate integer IDCT, as PIL decodes (torchvision),
 # or the fast one (a few levels off PIL's).
 JPEG_DCT_METHODS = ('INTEGER_ACCURATE', 'INTEGER_FAST')
+
+# config.data.augment_on: where the recipe after the crop runs. 'host': all of it in the
+# tf.data pipeline; 'device': the host decodes, crops and resizes, the train step does the
+# rest (device_augmentations.py).
+AUGMENT_ON = ('host', 'device')
+
+# ITU-R 601-2 luma, as PIL's (torchvision's) grayscale conversion.
+LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
+def gaussian_kernel_size(image_size: int, kernel_fraction: float) -> int:
+  """Odd kernel side closest below kernel_fraction * image_size (23 at 224)."""
+  return max(int(kernel_fraction * image_size) // 2 * 2 + 1, 3)

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from simsiam_jax.data import LUMA_WEIGHTS, gaussian_kernel_size
+
 _CROP_ATTEMPTS = 10
 
 
@@ -127,7 +129,8 @@ def crop_and_resize(pixels, windows, size: int, antialias: bool = False):
 def luma(image):
   """ITU-R 601-2 luma [H, W, 1], as tf.image.rgb_to_grayscale, in fewer ops."""
   image = tf.convert_to_tensor(image)
-  return image[..., :1] * 0.2989 + image[..., 1:2] * 0.587 + image[..., 2:] * 0.114
+  red, green, blue = LUMA_WEIGHTS
+  return image[..., :1] * red + image[..., 1:2] * green + image[..., 2:] * blue
 
 
 def grayscale(image):
@@ -177,11 +180,6 @@ def color_jitter(image, seed, brightness: float, contrast: float, saturation: fl
     image = tf.switch_case(
         op, [lambda fn=fn: fn(image, factors[op]) for fn in JITTER_ADJUSTMENTS])
   return image
-
-
-def gaussian_kernel_size(image_size: int, kernel_fraction: float) -> int:
-  """Odd kernel side closest below kernel_fraction * image_size (23 at 224)."""
-  return max(int(kernel_fraction * image_size) // 2 * 2 + 1, 3)
 
 
 def gaussian_blur(image, sigma, kernel_size: int):
@@ -251,10 +249,12 @@ def augment_view(image, seed, aug, image_size: int):
   return random_flip(to_uint8(image), flip_seed, aug.flip_prob)
 
 
-def two_views(image, seed, aug, image_size: int, decoding: Decoding = Decoding()):
+def two_views(image, seed, aug, image_size: int, decoding: Decoding = Decoding(),
+              augment: bool = True):
   """Two independently augmented uint8 views [image_size, image_size, 3] of one image.
 
-  The image is decoded once; both crops are cut from it.
+  The image is decoded once; both crops are cut from it. Without `augment`, the two crops
+  as they are (the same crops): the train step augments them (device_augmentations.py).
   """
   crop_seed, view1_seed, view2_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3))
@@ -262,6 +262,8 @@ def two_views(image, seed, aug, image_size: int, decoding: Decoding = Decoding()
       image, lambda shape: random_resized_crop_windows(shape, crop_seed, 2, aug.crop_scale,
                                                        aug.crop_ratio), decoding)
   crops = crop_and_resize(pixels, windows, image_size, decoding.antialias)
+  if not augment:
+    return to_uint8(crops[0]), to_uint8(crops[1])
   return (augment_view(crops[0], view1_seed, aug, image_size),
           augment_view(crops[1], view2_seed, aug, image_size))
 

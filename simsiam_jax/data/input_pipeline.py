@@ -151,7 +151,8 @@ def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
   Yields {'view1', 'view2'}: uint8 numpy arrays [batch_size // process_count, H, W, 3]
   (and 'view3', 'view4' for two pairs per image), with 'index': int32, each image's
   position in the split (for per-image state such as a memory bank), where the source
-  has one.
+  has one. With config.data.augment_on='device' the views are the crops, which the train
+  step augments.
   """
   process_index, process_count = _processes(process_index, process_count)
 
@@ -163,7 +164,7 @@ def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
       pair_seed = tf.random.experimental.stateless_fold_in(seed, pair) if pair else seed
       views[f'view{2 * pair + 1}'], views[f'view{2 * pair + 2}'] = augmentations.two_views(
           example['image'], pair_seed, config.aug, config.data.image_size,
-          decoding(config.data))
+          decoding(config.data), augment=config.data.augment_on == 'host')
     if 'index' in example:
       views['index'] = tf.cast(example['index'], tf.int32)
     return views

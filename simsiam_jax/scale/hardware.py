@@ -45,6 +45,24 @@ TPU_CHIPS = {
     'v6e': Chip('TPU v6 lite', 32e9, 1638e9, 102.4e12 / 256),
 }
 
+@dataclasses.dataclass(frozen=True)
+class Host:
+  """A machine the input pipeline runs on: its accelerators and the vCPUs that feed them."""
+  chips: int
+  vcpus: int
+  peak_key: str  # The chips' PEAK_TFLOPS entry.
+
+
+# From the machine types' data sheets (cloud.google.com/tpu/docs/<generation>, Compute
+# Engine's accelerator-optimized machines); v5e's 4-chip host is the one of its multi-host
+# slices (the 8-chip one has 224 vCPUs: the same per chip).
+HOSTS = {
+    'TPU v4 (4 chips)': Host(4, 240, 'TPU v4'),
+    'TPU v5e (ct5lp-hightpu-4t)': Host(4, 112, 'TPU v5 lite'),
+    'TPU v5p (4 chips)': Host(4, 208, 'TPU v5p'),
+    '8 x H100 (a3-highgpu-8g)': Host(8, 208, 'H100'),
+}
+
 # H100 SXM5 (NVIDIA H100 Tensor Core GPU data sheet): 80 GB HBM3 at 3.35 TB/s; NVLink 900 GB/s
 # per GPU, both directions together, so 450 GB/s each way: a ring all-reduce's bandwidth
 # within a host of 8 (NVSwitch).
