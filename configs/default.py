@@ -34,6 +34,8 @@ def get_config():
   config.data.image_size = 32
   config.data.eval_crop_fraction = 1.0
   config.aug.blur_prob = 0.0
+  # A CPU config, as cifar10_cpu.py: tf.data augments (faster end to end on a CPU).
+  config.data.augment_on = 'host'
   config.batch_size = 128
   config.num_epochs = 8
   # Twice the base config's lr for 8 epochs: 0.1 gave +20, +21 and +13.7 points on seeds

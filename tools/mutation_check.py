@@ -47,6 +47,8 @@ METHODS_TESTS = 'tests/methods/test_methods.py'
 OPTIMIZERS_TESTS = 'tests/test_official_optimizers.py'
 LOSSES_TESTS = 'tests/methods/test_official_losses.py'
 DEFAULTS_TESTS = 'tests/test_official_defaults.py'
+DEVICE_AUG = 'simsiam_jax/data/device_augmentations.py'
+DEVICE_AUG_TESTS = 'tests/data/test_device_augmentations.py'
 
 MUTANTS = (
     Mutant('no_stop_gradient', 'simsiam_jax/losses.py',
@@ -288,6 +290,38 @@ MUTANTS = (
            'config.byol.tau_base = 0.99', 'config.byol.tau_base = 0.996', (DEFAULTS_TESTS,)),
     Mutant('swav_epsilon_0.03', 'configs/base.py',
            'swav.epsilon = 0.05', 'swav.epsilon = 0.03', (DEFAULTS_TESTS,)),
+    # Device-side augmentation (data/device_augmentations.py).
+    Mutant('device_jitter_in_a_fixed_order', DEVICE_AUG,
+           'jax.lax.switch(op, branches, x), None), image, order)',
+           'jax.lax.switch(op, branches, x), None), image, jnp.arange(4))',
+           (f'{DEVICE_AUG_TESTS}::test_a_whole_view_is_the_host_recipe_with_the_same_draws',)),
+    Mutant('device_hue_turned_the_other_way', DEVICE_AUG,
+           'return hsv_to_rgb((hue + delta) % 1.0, saturation, value)',
+           'return hsv_to_rgb((hue - delta) % 1.0, saturation, value)',
+           (f'{DEVICE_AUG_TESTS}::test_each_jitter_op_gives_the_host_ops_output_to_one_level',)),
+    Mutant('device_contrast_around_the_pixels_luma', DEVICE_AUG,
+           'return _blend(image, jnp.mean(luma(image)), factor)',
+           'return _blend(image, luma(image), factor)',
+           (f'{DEVICE_AUG_TESTS}::test_each_jitter_op_gives_the_host_ops_output_to_one_level',)),
+    Mutant('device_blur_without_reflection', DEVICE_AUG, "mode='reflect')", "mode='edge')",
+           (f'{DEVICE_AUG_TESTS}::test_grayscale_and_blur_give_the_host_ops_output_to_one_level',)),
+    Mutant('device_grayscale_prob_is_blurs', DEVICE_AUG,
+           'grayscale=u[9] < aug.grayscale_prob,', 'grayscale=u[9] < aug.blur_prob,',
+           (f'{DEVICE_AUG_TESTS}::test_draws_span_the_recipes_ranges_and_every_jitter_order',)),
+    Mutant('device_draws_ignore_the_row', DEVICE_AUG,
+           'return jax.vmap(lambda row: jax.random.fold_in(step_key, row))(jnp.arange(batch_size))',
+           'return jax.vmap(lambda row: step_key)(jnp.arange(batch_size))',
+           (f'{DEVICE_AUG_TESTS}::test_a_batch_is_augmented_alike_on_any_mesh_and_by_step_row_'
+            'and_view',)),
+    Mutant('device_draws_ignore_the_step', 'simsiam_jax/train.py',
+           'batch, state.step, config.seed, config.aug, config.data.image_size))',
+           'batch, 0, config.seed, config.aug, config.data.image_size))',
+           (f'{DEVICE_AUG_TESTS}::test_the_device_mode_step_is_the_method_step_on_device_'
+            'augmented_crops',)),
+    Mutant('device_mode_augments_on_the_host_too', 'simsiam_jax/data/input_pipeline.py',
+           "decoding(config.data), augment=config.data.augment_on == 'host')",
+           'decoding(config.data), augment=True)',
+           (f'{DEVICE_AUG_TESTS}::test_device_mode_ships_the_host_modes_crops',)),
 )
 
 

@@ -263,9 +263,3 @@ def test_every_other_method_traces_in_device_mode_to_its_host_mode_step(tiny_con
   jax.tree.map(lambda a, b: (a.shape, a.dtype) == (b.shape, b.dtype) or pytest.fail(
       f'{a} != {b}'), device, host)
   assert {'loss', 'z_std'} <= set(device[1])
-
-
-def test_an_unknown_augment_on_is_refused_naming_the_field(tiny_config):
-  tiny_config.data.augment_on = 'gpu'
-  with pytest.raises(config_validation.ConfigError, match=r'config\.data\.augment_on=.gpu.'):
-    config_validation.validate_config(tiny_config, device_count=8)
