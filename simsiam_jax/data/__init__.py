@@ -31,3 +31,11 @@ LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
 def gaussian_kernel_size(image_size: int, kernel_fraction: float) -> int:
   """Odd kernel side closest below kernel_fraction * image_size (23 at 224)."""
   return max(int(kernel_fraction * image_size) // 2 * 2 + 1, 3)
+
+
+def jitter_factor_ranges(brightness: float, contrast: float, saturation: float,
+                         hue: float) -> tuple[list[float], list[float]]:
+  """(low, high) of torchvision's ColorJitter factors: brightness, contrast and saturation
+  factors, and the hue shift, in the order of the jitter's adjustments."""
+  return ([max(0.0, 1.0 - brightness), 1.0 - contrast, 1.0 - saturation, -hue],
+          [1.0 + brightness, 1.0 + contrast, 1.0 + saturation, hue])

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from simsiam_jax.data import LUMA_WEIGHTS, gaussian_kernel_size
+from simsiam_jax.data import LUMA_WEIGHTS, gaussian_kernel_size, jitter_factor_ranges
 
 _CROP_ATTEMPTS = 10
 
@@ -165,8 +165,7 @@ def color_jitter_params(seed, brightness: float, contrast: float, saturation: fl
   """torchvision's ColorJitter.get_params: the factors of JITTER_ADJUSTMENTS and the
   random order to apply them in."""
   factor_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  low = tf.constant([max(0.0, 1.0 - brightness), 1.0 - contrast, 1.0 - saturation, -hue])
-  high = tf.constant([1.0 + brightness, 1.0 + contrast, 1.0 + saturation, hue])
+  low, high = map(tf.constant, jitter_factor_ranges(brightness, contrast, saturation, hue))
   factors = low + (high - low) * uniform(factor_seed, [4])
   return factors, tf.argsort(uniform(order_seed, [4]))
 

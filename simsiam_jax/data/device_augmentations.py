@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from simsiam_jax.data import LUMA_WEIGHTS, gaussian_kernel_size
+from simsiam_jax.data import LUMA_WEIGHTS, gaussian_kernel_size, jitter_factor_ranges
 
 
 class ViewParams(NamedTuple):
@@ -42,10 +42,8 @@ def draw_view_params(key, aug) -> ViewParams:
   probability, ColorJitter.get_params' factors and random order, the blur's sigma."""
   # One call to the generator for all thirteen: each further call is compiled apart.
   u = jax.random.uniform(key, (13,))
-  low = jnp.array([max(0.0, 1.0 - aug.brightness), 1.0 - aug.contrast, 1.0 - aug.saturation,
-                   -aug.hue], jnp.float32)
-  high = jnp.array([1.0 + aug.brightness, 1.0 + aug.contrast, 1.0 + aug.saturation, aug.hue],
-                   jnp.float32)
+  low, high = (jnp.array(bound, jnp.float32) for bound in jitter_factor_ranges(
+      aug.brightness, aug.contrast, aug.saturation, aug.hue))
   sigma_low, sigma_high = aug.blur_sigma
   return ViewParams(
       jitter=u[0] < aug.color_jitter_prob,

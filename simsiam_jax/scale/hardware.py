@@ -45,6 +45,7 @@ TPU_CHIPS = {
     'v6e': Chip('TPU v6 lite', 32e9, 1638e9, 102.4e12 / 256),
 }
 
+
 @dataclasses.dataclass(frozen=True)
 class Host:
   """A machine the input pipeline runs on: its accelerators and the vCPUs that feed them."""
