@@ -18,6 +18,7 @@ Under vmap every op runs on every image and a select keeps it or not: on an acce
 that costs less than a branch per image, and the FLOPs are small (BENCHMARKS.md).
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -65,20 +66,16 @@ def grayscale(image):
   return jnp.broadcast_to(luma(image), image.shape)
 
 
-def _blend(image, other, factor):
+# The jitter's ops, in the order of ViewParams.factors (and of augmentations.JITTER_ADJUSTMENTS).
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+
+
+def blend_adjustment(image, factor, op):
+  """Brightness, contrast or saturation (`op`, which may be traced): each blends the image
+  with black, its mean luma or its luma, and clips."""
+  gray = luma(image)
+  other = jnp.where(op == CONTRAST, jnp.mean(gray), jnp.where(op == SATURATION, gray, 0.0))
   return jnp.clip(factor * image + (1.0 - factor) * other, 0.0, 1.0)
-
-
-def adjust_brightness(image, factor):
-  return jnp.clip(image * factor, 0.0, 1.0)
-
-
-def adjust_contrast(image, factor):
-  return _blend(image, jnp.mean(luma(image)), factor)
-
-
-def adjust_saturation(image, factor):
-  return _blend(image, luma(image), factor)
 
 
 def rgb_to_hsv(image):
@@ -95,14 +92,16 @@ def rgb_to_hsv(image):
 
 
 def hsv_to_rgb(hue, saturation, value):
+  """TensorFlow's HSV to RGB, as deepmind-research byol writes it (comparisons, not
+  jnp.isin: the TPU compiler materialised isin's comparisons, 13% of the ops' bytes)."""
   chroma = saturation * value
   sector = (hue % 1.0) * 6.0
   x = chroma * (1 - jnp.abs(sector % 2.0 - 1))
   index = jnp.floor(sector).astype(jnp.int32)
   # Each channel's share in each of the six sectors: chroma (c), x or 0.
   pick = lambda c_at, x_at: jnp.where(
-      jnp.isin(index, jnp.array(c_at)), chroma,
-      jnp.where(jnp.isin(index, jnp.array(x_at)), x, 0.0))
+      (index == c_at[0]) | (index == c_at[1]), chroma,
+      jnp.where((index == x_at[0]) | (index == x_at[1]), x, 0.0))
   minimum = value - chroma
   return jnp.stack([pick((0, 5), (1, 4)), pick((1, 2), (0, 3)), pick((3, 4), (2, 5))],
                    axis=-1) + minimum[..., None]
@@ -114,32 +113,64 @@ def adjust_hue(image, delta):
   return hsv_to_rgb((hue + delta) % 1.0, saturation, value)
 
 
-# In the order of ViewParams.factors (and of augmentations.JITTER_ADJUSTMENTS).
-JITTER_ADJUSTMENTS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+JITTER_ADJUSTMENTS = (*(functools.partial(blend_adjustment, op=op)
+                        for op in (BRIGHTNESS, CONTRAST, SATURATION)), adjust_hue)
 
 
 def color_jitter(image, factors, order):
-  """The four adjustments with their factors, in `order`."""
-  branches = [lambda x, i=i, fn=fn: fn(x, factors[i]) for i, fn in enumerate(JITTER_ADJUSTMENTS)]
-  # A loop, not four unrolled switches: under vmap each switch computes all four ops and
-  # selects, and unrolled, XLA's fusion would copy each position's four into the next's.
-  image, _ = jax.lax.scan(lambda x, op: (jax.lax.switch(op, branches, x), None), image, order)
+  """The four adjustments with their factors, in `order`.
+
+  Under vmap every branch runs for every image: a switch over the four ops at each of the
+  four positions would compute the hue's HSV round trip four times (the ops' costliest
+  part: most of their HBM traffic on a TPU). The three blends share one form, so the
+  positions before the hue blend, the hue turns once, and the positions after it blend.
+  """
+  hue_at = jnp.argmax(order == HUE)
+  for position in range(3):  # Position 3 cannot come before the hue.
+    op = order[position]
+    image = jnp.where(position < hue_at, blend_adjustment(image, factors[op], op), image)
+  image = adjust_hue(image, factors[HUE])
+  for position in range(1, 4):
+    op = order[position]
+    image = jnp.where(position > hue_at, blend_adjustment(image, factors[op], op), image)
   return image
+
+
+def blur_by_shifted_sums(padded, weights):
+  """The separable blur of a reflect-padded [H + 2r, W + 2r, 3] as weighted sums of shifted
+  copies: one fused loop per axis."""
+  kernel_size = weights.shape[0]
+  height, width = (n - kernel_size + 1 for n in padded.shape[:2])
+  vertical = sum(weights[t] * padded[t:t + height] for t in range(kernel_size))
+  return sum(weights[t] * vertical[:, t:t + width] for t in range(kernel_size))
+
+
+def blur_by_convolutions(padded, weights):
+  """The same as two convolutions of each channel (under vmap, grouped convolutions), at
+  float32 precision (a TPU's default would round the operands to bfloat16)."""
+  channels = padded.transpose(2, 0, 1)[:, None]  # [3, 1, H + 2r, W + 2r]
+  for kernel in (weights[None, None, :, None], weights[None, None, None, :]):
+    channels = jax.lax.conv_general_dilated(channels, kernel, (1, 1), 'VALID',
+                                            precision=jax.lax.Precision.HIGHEST)
+  return channels[:, 0].transpose(1, 2, 0)
 
 
 def gaussian_blur(image, sigma, kernel_size: int):
   """Separable Gaussian blur of [H, W, 3], reflecting at the borders, with all kernel_size
-  taps (the host drops those beyond 4 sigma: under a hundredth of a uint8 level)."""
+  taps (the host drops those beyond 4 sigma: under a hundredth of a uint8 level).
+
+  On a TPU as convolutions: XLA's cost analysis of the blur alone, at ImageNet's batch on a
+  v4 chip, gives them 2.5 GB of memory traffic per step against 9.2 GB for the shifted
+  sums (BENCHMARKS.md). Elsewhere as shifted sums: on the CPU the convolutions made the
+  device ops 3.6x slower.
+  """
   radius = kernel_size // 2
   offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
   weights = jnp.exp(-0.5 * jnp.square(offsets / sigma))
   weights /= jnp.sum(weights)
-  height, width = image.shape[:2]
   padded = jnp.pad(image, [(radius, radius), (radius, radius), (0, 0)], mode='reflect')
-  # A weighted sum of shifted copies: one fused loop per axis on any backend, where a
-  # convolution with a kernel per image is a grouped convolution.
-  vertical = sum(weights[t] * padded[t:t + height] for t in range(kernel_size))
-  return sum(weights[t] * vertical[:, t:t + width] for t in range(kernel_size))
+  return jax.lax.platform_dependent(padded, weights, tpu=blur_by_convolutions,
+                                    default=blur_by_shifted_sums)
 
 
 def to_uint8(image):

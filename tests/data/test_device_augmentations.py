@@ -69,7 +69,12 @@ def test_each_jitter_op_gives_the_host_ops_output_to_one_level(real_crops, op, v
     assert levels_apart(host, device) <= 1, (op, value)
 
 
-def test_grayscale_and_blur_give_the_host_ops_output_to_one_level(real_crops):
+@pytest.mark.parametrize('blur_by', ['shifted_sums', 'convolutions'])
+def test_grayscale_and_blur_give_the_host_ops_output_to_one_level(real_crops, blur_by,
+                                                                  monkeypatch):
+  """The blur both ways: here on the CPU as the TPU computes it, too."""
+  monkeypatch.setattr(device_augmentations, 'blur_by_shifted_sums',
+                      getattr(device_augmentations, f'blur_by_{blur_by}'))
   kernel_size = gaussian_kernel_size(SIZE, 0.1)
   blur = jax.jit(device_augmentations.gaussian_blur, static_argnums=2)
   for crop in real_crops:
@@ -82,6 +87,14 @@ def test_grayscale_and_blur_give_the_host_ops_output_to_one_level(real_crops):
       assert levels_apart(host, device) <= 1, sigma
       # Not trivially: the blur moves the image by many levels.
       assert sigma < 0.5 or levels_apart(device, crop) > 20
+
+
+def test_the_tpu_blurs_by_convolutions_and_the_other_platforms_by_shifted_sums():
+  blur = jax.jit(device_augmentations.gaussian_blur, static_argnums=2)
+  image = jax.ShapeDtypeStruct((SIZE, SIZE, 3), jnp.float32)
+  for platform, convolutions in (('tpu', 2), ('cpu', 0), ('cuda', 0)):
+    text = blur.trace(image, 1.0, 23).lower(lowering_platforms=(platform,)).as_text()
+    assert text.count('stablehlo.convolution') == convolutions, platform
 
 
 def test_a_whole_view_is_the_host_recipe_with_the_same_draws(real_crops, aug):
