@@ -18,7 +18,6 @@ Under vmap every op runs on every image and a select keeps it or not: on an acce
 that costs less than a branch per image, and the FLOPs are small (BENCHMARKS.md).
 """
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -111,10 +110,6 @@ def adjust_hue(image, delta):
   """tf.image.adjust_hue: the hue rotated by delta (a fraction of the circle)."""
   hue, saturation, value = rgb_to_hsv(image)
   return hsv_to_rgb((hue + delta) % 1.0, saturation, value)
-
-
-JITTER_ADJUSTMENTS = (*(functools.partial(blend_adjustment, op=op)
-                        for op in (BRIGHTNESS, CONTRAST, SATURATION)), adjust_hue)
 
 
 def color_jitter(image, factors, order):
