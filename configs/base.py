@@ -70,9 +70,10 @@ def get_data_config() -> ml_collections.ConfigDict:
   # throughput (BENCHMARKS.md); False resizes bilinearly from the nearest pixels.
   data.jpeg_dct_method = 'INTEGER_ACCURATE'
   data.resize_antialias = False
-  # Where the recipe after the crop runs: 'host' (tf.data, all of it) or 'device' (the host
+  # Where the recipe after the crop runs: 'host' (tf.data, all of it), 'device' (the host
   # decodes, crops and resizes; color jitter, grayscale, blur and flip run in the train step,
-  # sharded over the batch). README's "Host or device augmentation" says when to use which.
+  # sharded over the batch) or 'auto' (device on GPUs, host on TPUs and CPUs). README's
+  # "Host or device augmentation" says when to use which.
   data.augment_on = 'host'
   # Threads of the tf.data private thread pool; 0: one per CPU core.
   data.host_threads = 0

@@ -29,8 +29,9 @@ def get_config():
   config.data.mean = (0.4914, 0.4822, 0.4465)
   config.data.std = (0.2470, 0.2435, 0.2616)
   config.aug.blur_prob = 0.0
-  # An accelerator's recipe: the host only decodes and crops (configs/imagenet.py says why).
-  config.data.augment_on = 'device'
+  # An accelerator's recipe: on GPUs the host only decodes and crops (configs/imagenet.py
+  # says why).
+  config.data.augment_on = 'auto'
   config.batch_size = 512
   config.num_epochs = 800
   config.optim.base_lr = 0.03

@@ -25,12 +25,12 @@ def get_config():
   # an official checkpoint turns its epoch into a step without the data.
   config.data.train_examples = 1_281_167
   config.data.image_size = 224
-  # The host decodes and crops; jitter, grayscale, blur and flip run in the train step: per
-  # image the host's CPU cost falls about 3.9x at 224 px, for 0.2% of the step's FLOPs and,
-  # on a TPU, 9% of its memory traffic (BENCHMARKS.md, "Host or device augmentation": a
-  # TPU host keeps up in host mode too, an 8xH100 host does not). The Table 4 configs
-  # inherit it.
-  config.data.augment_on = 'device'
+  # On GPUs the host decodes and crops and jitter, grayscale, blur and flip run in the
+  # train step: per image the host's CPU cost falls about 3.9x at 224 px, and an 8xH100
+  # host's cores feed its GPUs only so. On TPUs the host does it all: a TPU host keeps up
+  # either way, and the device ops would add 9% to the step's memory traffic (BENCHMARKS.md,
+  # "Host or device augmentation"). The Table 4 configs inherit it.
+  config.data.augment_on = 'auto'
   config.batch_size = 512
   config.num_epochs = 100
   config.optim.base_lr = 0.05

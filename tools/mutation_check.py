@@ -318,14 +318,23 @@ MUTANTS = (
            (f'{DEVICE_AUG_TESTS}::test_a_batch_is_augmented_alike_on_any_mesh_and_by_step_row_'
             'and_view',)),
     Mutant('device_draws_ignore_the_step', 'simsiam_jax/train.py',
-           'batch, state.step, config.seed, config.aug, config.data.image_size))',
-           'batch, 0, config.seed, config.aug, config.data.image_size))',
+           'return method_step(state, augment(batch, state.step))',
+           'return method_step(state, augment(batch, 0))',
            (f'{DEVICE_AUG_TESTS}::test_the_device_mode_step_is_the_method_step_on_device_'
             'augmented_crops',)),
     Mutant('device_mode_augments_on_the_host_too', 'simsiam_jax/data/input_pipeline.py',
-           "decoding(config.data), augment=config.data.augment_on == 'host')",
+           'decoding(config.data), augment=on_host)',
            'decoding(config.data), augment=True)',
            (f'{DEVICE_AUG_TESTS}::test_device_mode_ships_the_host_modes_crops',)),
+    Mutant('auto_augments_on_tpus_on_the_device', 'simsiam_jax/data/__init__.py',
+           "AUTO_AUGMENT_ON = {'gpu': 'device', 'tpu': 'host', 'cpu': 'host'}",
+           "AUTO_AUGMENT_ON = {'gpu': 'device', 'tpu': 'device', 'cpu': 'host'}",
+           (f'{DEVICE_AUG_TESTS}::test_auto_augments_on_the_device_on_gpus_only',)),
+    Mutant('pipeline_takes_auto_for_device', 'simsiam_jax/data/input_pipeline.py',
+           "on_host = resolved_augment_on(config.data.augment_on, jax.default_backend()) == "
+           "'host'",
+           "on_host = config.data.augment_on == 'host'",
+           (f'{DEVICE_AUG_TESTS}::test_auto_augments_on_the_device_on_gpus_only',)),
 )
 
 

@@ -21,8 +21,23 @@ JPEG_DCT_METHODS = ('INTEGER_ACCURATE', 'INTEGER_FAST')
 
 # config.data.augment_on: where the recipe after the crop runs. 'host': all of it in the
 # tf.data pipeline; 'device': the host decodes, crops and resizes, the train step does the
-# rest (device_augmentations.py).
-AUGMENT_ON = ('host', 'device')
+# rest (device_augmentations.py); 'auto': the faster of the two on the platform the step
+# runs on (AUTO_AUGMENT_ON).
+AUGMENT_ON = ('host', 'device', 'auto')
+# What 'auto' means on each platform (jax.default_backend()'s names), from BENCHMARKS.md's
+# input budget: an 8xH100 host's cores give 39% of the images its GPUs want in host mode,
+# 154% in device mode; a TPU host's keep its chips fed either way, and the device ops add
+# about 8% to a ResNet-50 step on a TPU (memory traffic); on a CPU they run on the cores
+# that feed the step.
+AUTO_AUGMENT_ON = {'gpu': 'device', 'tpu': 'host', 'cpu': 'host'}
+
+
+def resolved_augment_on(augment_on: str, platform: str) -> str:
+  """'host' or 'device': config.data.augment_on, 'auto' resolved for the step's `platform`
+  ('cpu', 'gpu' or 'tpu'; host mode on any other)."""
+  if augment_on == 'auto':
+    return AUTO_AUGMENT_ON.get(platform, 'host')
+  return augment_on
 
 # ITU-R 601-2 luma, as PIL's (torchvision's) grayscale conversion.
 LUMA_WEIGHTS = (0.2989, 0.587, 0.114)

@@ -19,7 +19,7 @@ import jax
 import tensorflow as tf
 
 from simsiam_jax import losses, sharding
-from simsiam_jax.data import DataError, augmentations, datasets
+from simsiam_jax.data import DataError, augmentations, datasets, resolved_augment_on
 
 # The host pipeline must leave accelerators to JAX.
 try:
@@ -157,6 +157,7 @@ def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
   process_index, process_count = _processes(process_index, process_count)
 
   num_pairs = losses.num_view_pairs(config.loss_symmetry)
+  on_host = resolved_augment_on(config.data.augment_on, jax.default_backend()) == 'host'
 
   def view_pairs(example, seed):
     views = {}
@@ -164,7 +165,7 @@ def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
       pair_seed = tf.random.experimental.stateless_fold_in(seed, pair) if pair else seed
       views[f'view{2 * pair + 1}'], views[f'view{2 * pair + 2}'] = augmentations.two_views(
           example['image'], pair_seed, config.aug, config.data.image_size,
-          decoding(config.data), augment=config.data.augment_on == 'host')
+          decoding(config.data), augment=on_host)
     if 'index' in example:
       views['index'] = tf.cast(example['index'], tf.int32)
     return views

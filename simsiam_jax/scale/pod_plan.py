@@ -38,6 +38,9 @@ Per chip, from the compiled program:
   ICI_HOP_LATENCY_S per hop, an all-reduce taking 2 floor(a/2) hops along each torus axis
   of a chips; on GPUs NCCL's ring model: a base latency and one per step, 2(n-1) steps).
 - The estimated step: the roofline time plus the communication time, with no overlap.
+- With `data.augment_on='device'`, what the augmentation adds to the step: the
+  augmentation alone compiled the same way, its FLOPs and bytes accessed per chip and
+  their shares of the step's.
 """
 
 import dataclasses
@@ -52,7 +55,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from simsiam_jax import config_validation, methods, sharding, train
+from simsiam_jax import config_validation, data, methods, sharding, train
 from simsiam_jax.config_validation import ConfigError
 from simsiam_jax.scale import hardware
 from simsiam_jax.train_state import compute_dtype
@@ -450,15 +453,23 @@ def largest_fitting_batch(config: ml_collections.ConfigDict, slice_, slice_devic
   return 0, None
 
 
+def cost_per_chip(compiled, flops: float | None = None) -> dict[str, float]:
+  """{'flops', 'bytes_accessed'} of one chip's program: XLA's cost analysis, or where the
+  compiler gives none, `flops` and the bytes between the program's kernels."""
+  cost = train.step_cost(compiled)
+  if math.isnan(cost['flops']):
+    cost = {'flops': flops,
+            'bytes_accessed': float(sum(memory_space_bytes(compiled.as_text()).values()))}
+  return cost
+
+
 def estimate(compiled, slice_, dtype: str, batch_size: int, flops: float | None = None) -> dict:
   """The roofline, the communication and the estimated step of one chip's program; `flops`
   per chip where the compiler's cost analysis has none."""
   chip = slice_.chip
-  cost = train.step_cost(compiled)
+  cost = cost_per_chip(compiled, flops)
   text = compiled.as_text()
   spaces = memory_space_bytes(text)
-  if math.isnan(cost['flops']):  # No cost analysis: the bytes between the kernels.
-    cost = {'flops': flops, 'bytes_accessed': float(sum(spaces.values()))}
   compute_s = cost['flops'] / (hardware.data_sheet_peak_tflops(chip.peak_key, dtype) * 1e12)
   hbm_share = spaces.get(0, 0) / max(sum(spaces.values()), 1)
   memory_s = cost['bytes_accessed'] * hbm_share / chip.hbm_bytes_per_s
@@ -485,6 +496,22 @@ def estimate(compiled, slice_, dtype: str, batch_size: int, flops: float | None 
       'images_per_second': batch_size / step_s}
 
 
+def device_augmentation_cost(config: ml_collections.ConfigDict, slice_, slice_devices: list,
+                             compiler_name: str, step_row: dict) -> dict:
+  """What config.data.augment_on='device' adds to the step: the augmentation alone compiled
+  for the slice at the config's batch, its FLOPs and bytes accessed per chip and their
+  shares of the step's."""
+  mesh = sharding.create_mesh(slice_devices)
+  lowered = jax.jit(train.device_augmentation(config)).lower(
+      _abstract_batch(config, mesh), jax.ShapeDtypeStruct((), jnp.int32))
+  flops = (unpartitioned_flops(lowered) / slice_.chips if compiler_name == 'gpu' else None)
+  cost = cost_per_chip(lowered.compile(), flops)
+  return {'gflop_per_chip': cost['flops'] / 1e9,
+          'gb_accessed_per_chip': cost['bytes_accessed'] / 1e9,
+          'share_of_step_flops': cost['flops'] / 1e9 / step_row['gflop_per_chip'],
+          'share_of_step_bytes': cost['bytes_accessed'] / 1e9 / step_row['gb_accessed_per_chip']}
+
+
 # A crash of the compiler ends the process (a segmentation fault): said before, not after.
 KNOWN_COMPILER_CRASHES = {
     'v6e': 'libtpu 0.0.42.1 crashed compiling the ResNet-50 step for v6e-8 and v6e-16 '
@@ -498,6 +525,9 @@ def plan_slice(config: ml_collections.ConfigDict, slice_, compiler_name: str) ->
   if config.batch_size % slice_.chips:
     raise ConfigError(f'config.batch_size={config.batch_size}: {slice_.name} has '
                       f'{slice_.chips} chips, which must divide the global batch')
+  # The step the slice would run: with data.augment_on='auto', its platform's mode.
+  config = config.copy_and_resolve_references()
+  config.data.augment_on = data.resolved_augment_on(config.data.augment_on, slice_.platform)
   chip = slice_.chip
   slice_devices = devices(slice_, compiler_name)
   per_chip = config.batch_size // slice_.chips
@@ -508,7 +538,8 @@ def plan_slice(config: ml_collections.ConfigDict, slice_, compiler_name: str) ->
   compiled = compile_step(config, slice_devices)
   row = {'slice': slice_.name, 'topology': slice_.topology_name, 'chips': slice_.chips,
          'compiler': COMPILER_NAMES[compiler_name],
-         'dtype': str(jnp.dtype(compute_dtype(config))), 'batch_per_chip': per_chip,
+         'dtype': str(jnp.dtype(compute_dtype(config))),
+         'augment_on': config.data.augment_on, 'batch_per_chip': per_chip,
          'chip_hbm_gib': chip.hbm_bytes / 2**30,
          'hbm_gib': ({k: v / 2**30 for k, v in hbm_bytes(compiled).items()}
                      if compiled is not None else None),
@@ -525,6 +556,10 @@ def plan_slice(config: ml_collections.ConfigDict, slice_, compiler_name: str) ->
     flops = (unpartitioned_flops(lower_step(planned, slice_devices)) / slice_.chips
              if compiler_name == 'gpu' else None)
     row.update(estimate(compiled, slice_, row['dtype'], planned.batch_size, flops))
+    if config.data.augment_on == 'device':
+      logging.info('%s: compiling the device augmentation alone...', slice_.name)
+      row['device_augmentation'] = device_augmentation_cost(planned, slice_, slice_devices,
+                                                            compiler_name, row)
   return row
 
 
@@ -572,6 +607,13 @@ def format_table(rows: list[dict]) -> str:
     lines.append(f'| {r["slice"]} ({r["topology"]}) | {r["compiler"]} | {r["chips"]} | '
                  f'{r["batch_per_chip"]} | {used} of {r["chip_hbm_gib"]:.1f} | '
                  f'{"yes" if r["fits"] else "NO"} | {largest} | {figures} |')
+  for r in rows:
+    if 'device_augmentation' in r:
+      a = r['device_augmentation']
+      lines.append(f'{r["slice"]}: of the step, the device augmentation (data.augment_on='
+                   f"'device') alone is {a['gb_accessed_per_chip']:.1f} GB accessed "
+                   f"({a['share_of_step_bytes']:.0%}) and {a['gflop_per_chip']:.1f} GFLOP "
+                   f"({a['share_of_step_flops']:.1%}) per chip.")
   return '\n'.join(lines)
 
 

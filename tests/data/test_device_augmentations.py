@@ -219,6 +219,30 @@ def test_device_mode_ships_the_host_modes_crops(tiny_config):
   assert not np.array_equal(device['view1'], device['view2'])
 
 
+@pytest.mark.parametrize('platform,mode', [('gpu', 'device'), ('tpu', 'host'), ('cpu', 'host')])
+def test_auto_augments_on_the_device_on_gpus_only(tiny_config, monkeypatch, platform, mode):
+  """data.augment_on='auto' (the accelerator configs'): the pipeline and the step of a
+  process on `platform` do what `mode` does."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: platform)
+  explicit = tiny_config.copy_and_resolve_references()
+  explicit.data.augment_on = mode
+  tiny_config.data.augment_on = 'auto'
+  auto, expected = (next(input_pipeline.create_pretrain_iterator(c, process_index=0,
+                                                                 process_count=1))
+                    for c in (tiny_config, explicit))
+  for name in ('view1', 'view2'):
+    np.testing.assert_array_equal(auto[name], expected[name])
+  augmented = []
+  monkeypatch.setattr(device_augmentations, 'augment_batch',
+                      lambda batch, *args: augmented.append(True) or batch)
+  method = methods.get(tiny_config.method)
+  mesh = sharding.create_mesh()
+  state = jax.eval_shape(lambda: method.create_train_state(
+      jax.random.key(0), tiny_config, method.create_optimizer(tiny_config, 4), mesh, 64))
+  jax.eval_shape(train.train_step_fn(tiny_config, 4), state, train.batch_shapes(tiny_config))
+  assert augmented == ([True] if mode == 'device' else [])
+
+
 EM_VARIANTS = {'k_step': {'target': 'k_step', 'target_refresh_steps': 2},
                'memory_bank': {'target': 'memory_bank'}}
 

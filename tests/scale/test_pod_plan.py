@@ -36,6 +36,7 @@ def tiny_plan_config(slices: str, compiler: str = 'native'):
 def test_the_tpu_compiler_plans_a_tiny_step_on_a_v4_slice(tmp_path):
   config = tiny_plan_config('v4-8')
   config.batch_size = 32
+  config.data.augment_on = 'device'
   (row,) = pod_plan.run(config, str(tmp_path))['rows']
   assert (row['slice'], row['topology'], row['chips'], row['compiler']) == (
       'v4-8', 'v4:2x2x1', 4, 'TPU (libtpu)')
@@ -49,6 +50,13 @@ def test_the_tpu_compiler_plans_a_tiny_step_on_a_v4_slice(tmp_path):
   assert row['step_ms'] == pytest.approx(
       max(row['compute_ms'], row['memory_ms']) + row['communication_bandwidth_ms'] +
       row['communication_latency_ms'])
+  # The augmentation alone, a part of the step.
+  augmentation = row['device_augmentation']
+  assert 0 < augmentation['gb_accessed_per_chip'] < row['gb_accessed_per_chip']
+  assert 0 < augmentation['gflop_per_chip'] < row['gflop_per_chip']
+  assert augmentation['share_of_step_bytes'] == pytest.approx(
+      augmentation['gb_accessed_per_chip'] / row['gb_accessed_per_chip'])
+  assert 'v4-8: of the step, the device augmentation' in pod_plan.format_table([row])
   assert json.loads((tmp_path / 'pod_plan.json').read_text()) == [row]
 
 
@@ -61,6 +69,7 @@ def test_a_batch_too_large_for_the_chip_is_a_row_with_the_batch_that_fits(tmp_pa
   chip of the slice's topology."""
   config = tiny_plan_config('v5e-4')
   config.batch_size = 128
+  config.data.augment_on = 'auto'  # On a TPU: host mode.
   slice_ = pod_plan.parse_slice('v5e-4')
   devices = pod_plan.devices(slice_, 'tpu')
   assert len(devices) == 4 and {d.device_kind for d in devices} == {'TPU v5 lite'}
@@ -74,6 +83,7 @@ def test_a_batch_too_large_for_the_chip_is_a_row_with_the_batch_that_fits(tmp_pa
                       hardware.Chip('TPU v5 lite', room_for_16, 819e9, 200e9))
   (row,) = pod_plan.run(config, str(tmp_path))['rows']
   assert not row['fits'] and row['batch_per_chip'] == 32
+  assert row['augment_on'] == 'host' and 'device_augmentation' not in row
   assert row['largest_fitting_batch_per_chip'] == row['planned_batch_per_chip'] == 16
   assert row['largest_fitting_batch_per_chip_with_remat'] >= 16
   assert row['images_per_second'] == pytest.approx(16 * 4 / row['step_ms'] * 1e3)
@@ -85,7 +95,9 @@ def test_a_batch_too_large_for_the_chip_is_a_row_with_the_batch_that_fits(tmp_pa
 def test_the_gpu_compiler_plans_a_tiny_step_on_an_h100_host(tmp_path):
   config = tiny_plan_config('h100-8')
   config.batch_size = 64
+  config.data.augment_on = 'auto'  # On GPUs: device mode.
   (row,) = pod_plan.run(config, str(tmp_path))['rows']
+  assert row['augment_on'] == 'device' and row['device_augmentation']['gflop_per_chip'] > 0
   assert (row['topology'], row['chips'], row['compiler']) == ('1x1x8', 8,
                                                               'GPU (XLA, CUDA plugin)')
   assert row['fits'] and row['chip_hbm_gib'] == pytest.approx(80e9 / 2**30)
