@@ -13,7 +13,6 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from simsiam_jax import checkpointing, config_validation
-from simsiam_jax import data
 from simsiam_jax.data import device_augmentations, input_pipeline
 from simsiam_jax.evaluation import evaluators, features
 from simsiam_jax import losses, methods, reporting, sharding
@@ -26,7 +25,7 @@ def train_step_fn(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Ca
   config.data.augment_on='device' it first augments the batch's crops, with the draws of
   the step the state is at (so a resumed run augments as an uninterrupted one)."""
   method_step = methods.get(config.method).train_step_fn(config, steps_per_epoch)
-  if augment_on(config) == 'host':
+  if input_pipeline.augment_on(config) == 'host':
     return method_step
   augment = device_augmentation(config)
 
@@ -34,12 +33,6 @@ def train_step_fn(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Ca
     return method_step(state, augment(batch, state.step))
 
   return step
-
-
-def augment_on(config: ml_collections.ConfigDict) -> str:
-  """'host' or 'device': where this process's runs augment (config.data.augment_on, 'auto'
-  resolved for its platform)."""
-  return data.resolved_augment_on(config.data.augment_on, jax.default_backend())
 
 
 def device_augmentation(config: ml_collections.ConfigDict) -> Callable:
@@ -142,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info('Pretraining %s (%s) for steps %d-%d (%d per epoch) on %d devices, global '
                  'batch %d, augmenting on the %s.', config.model.name, config.method,
                  start_step + 1, total_steps, steps_per_epoch, jax.device_count(),
-                 config.batch_size, augment_on(config))
+                 config.batch_size, input_pipeline.augment_on(config))
     summary = {'start_step': start_step, 'step': start_step, 'total_steps': total_steps,
                'z_std_target': 1 / math.sqrt(config.model.projector_dim)}
     reporter = reporting.ProgressReporter(

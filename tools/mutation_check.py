@@ -331,8 +331,7 @@ MUTANTS = (
            "AUTO_AUGMENT_ON = {'gpu': 'device', 'tpu': 'device', 'cpu': 'host'}",
            (f'{DEVICE_AUG_TESTS}::test_auto_augments_on_the_device_on_gpus_only',)),
     Mutant('pipeline_takes_auto_for_device', 'simsiam_jax/data/input_pipeline.py',
-           "on_host = resolved_augment_on(config.data.augment_on, jax.default_backend()) == "
-           "'host'",
+           "on_host = augment_on(config) == 'host'",
            "on_host = config.data.augment_on == 'host'",
            (f'{DEVICE_AUG_TESTS}::test_auto_augments_on_the_device_on_gpus_only',)),
 )

@@ -144,6 +144,12 @@ def _augmented_stream(config, split: datasets.Split, batch_size: int, augment: C
   return iter(ds.with_options(_options(config)).as_numpy_iterator())
 
 
+def augment_on(config) -> str:
+  """'host' or 'device': where this process's runs augment, the pipeline and the train step
+  alike (config.data.augment_on, 'auto' resolved for its platform)."""
+  return resolved_augment_on(config.data.augment_on, jax.default_backend())
+
+
 def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
                              process_count=None) -> Iterator[dict]:
   """This process's share of every global pretraining batch from `start_step` on, forever.
@@ -157,7 +163,7 @@ def create_pretrain_iterator(config, *, start_step: int = 0, process_index=None,
   process_index, process_count = _processes(process_index, process_count)
 
   num_pairs = losses.num_view_pairs(config.loss_symmetry)
-  on_host = resolved_augment_on(config.data.augment_on, jax.default_backend()) == 'host'
+  on_host = augment_on(config) == 'host'
 
   def view_pairs(example, seed):
     views = {}

@@ -453,13 +453,13 @@ def largest_fitting_batch(config: ml_collections.ConfigDict, slice_, slice_devic
   return 0, None
 
 
-def cost_per_chip(compiled, flops: float | None = None) -> dict[str, float]:
+def cost_per_chip(compiled, spaces: dict[int, int], flops: float | None) -> dict[str, float]:
   """{'flops', 'bytes_accessed'} of one chip's program: XLA's cost analysis, or where the
-  compiler gives none, `flops` and the bytes between the program's kernels."""
+  compiler gives none, `flops` and the bytes between the program's kernels (`spaces`, its
+  memory_space_bytes)."""
   cost = train.step_cost(compiled)
   if math.isnan(cost['flops']):
-    cost = {'flops': flops,
-            'bytes_accessed': float(sum(memory_space_bytes(compiled.as_text()).values()))}
+    cost = {'flops': flops, 'bytes_accessed': float(sum(spaces.values()))}
   return cost
 
 
@@ -467,9 +467,9 @@ def estimate(compiled, slice_, dtype: str, batch_size: int, flops: float | None 
   """The roofline, the communication and the estimated step of one chip's program; `flops`
   per chip where the compiler's cost analysis has none."""
   chip = slice_.chip
-  cost = cost_per_chip(compiled, flops)
   text = compiled.as_text()
   spaces = memory_space_bytes(text)
+  cost = cost_per_chip(compiled, spaces, flops)
   compute_s = cost['flops'] / (hardware.data_sheet_peak_tflops(chip.peak_key, dtype) * 1e12)
   hbm_share = spaces.get(0, 0) / max(sum(spaces.values()), 1)
   memory_s = cost['bytes_accessed'] * hbm_share / chip.hbm_bytes_per_s
@@ -505,7 +505,8 @@ def device_augmentation_cost(config: ml_collections.ConfigDict, slice_, slice_de
   lowered = jax.jit(train.device_augmentation(config)).lower(
       _abstract_batch(config, mesh), jax.ShapeDtypeStruct((), jnp.int32))
   flops = (unpartitioned_flops(lowered) / slice_.chips if compiler_name == 'gpu' else None)
-  cost = cost_per_chip(lowered.compile(), flops)
+  compiled = lowered.compile()
+  cost = cost_per_chip(compiled, memory_space_bytes(compiled.as_text()), flops)
   return {'gflop_per_chip': cost['flops'] / 1e9,
           'gb_accessed_per_chip': cost['bytes_accessed'] / 1e9,
           'share_of_step_flops': cost['flops'] / 1e9 / step_row['gflop_per_chip'],
