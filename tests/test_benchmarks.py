@@ -9,7 +9,7 @@ import pytest
 
 from helpers import REPO_ROOT, TINY_RUN
 
-from benchmarks import torch_step, xla_cpu_variants
+from benchmarks import pipeline_start, torch_step, xla_cpu_variants
 from simsiam_jax.scale import hardware, xla_flags
 
 
@@ -49,6 +49,13 @@ def test_the_official_step_is_left_out_where_it_cannot_stand_for_ours(tiny_confi
   assert 'CPU hosts only' in torch_step.unsupported_reason(tiny_config, 'gpu')
   tiny_config.half_precision = True
   assert 'float32' in torch_step.unsupported_reason(tiny_config, 'cpu')
+
+
+def test_pipeline_start_benchmark_builds_both_kinds_and_restores_the_pipeline(tiny_config):
+  as_built = pipeline_start.input_pipeline._traced_as_written  # pylint: disable=protected-access
+  for kind in pipeline_start.KINDS:
+    assert pipeline_start.seconds_to_first_batch(tiny_config, kind) > 0
+    assert pipeline_start.input_pipeline._traced_as_written is as_built  # pylint: disable=protected-access
 
 
 def test_the_project_variant_of_the_flag_study_is_the_project_default():

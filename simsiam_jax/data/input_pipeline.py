@@ -98,6 +98,13 @@ def num_classes(config) -> int:
   return load_split(config, 'eval_train_split').num_classes
 
 
+def _traced_as_written(fn: Callable) -> Callable:
+  """`fn` for tf.data's map without AutoGraph's rewrite of its Python: the augmentations
+  branch with tf.cond and loop over Python values only, so the graph is the same, and the
+  rewrite took 3 of the 6 seconds before a pipeline's first batch (BENCHMARKS.md)."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _augmented_stream(config, split: datasets.Split, batch_size: int, augment: Callable, *,
                       batch_field: str, split_field: str, start_step: int, process_index,
                       process_count, keep_last_partial_batch: bool = False) -> Iterator[dict]:
@@ -137,7 +144,7 @@ def _augmented_stream(config, split: datasets.Split, batch_size: int, augment: C
 
   ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_keys)
   ds = ds.skip(start_offset * local_batch).enumerate(start=start_step * local_batch)
-  ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(_traced_as_written(augmented), num_parallel_calls=tf.data.AUTOTUNE)
   # Files that pass the header check but fail to decode are dropped, not fatal.
   ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -234,8 +241,8 @@ def _eval_dataset(config, split: datasets.Split, process_index, process_count):
   padding = {'image': tf.zeros([size, size, 3], tf.uint8), 'label': tf.constant(-1),
              'mask': tf.constant(False)}
   ds = split.keys(process_index, process_count)
-  ds = ds.map(center_view, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(
-      log_warning=True)
+  ds = ds.map(_traced_as_written(center_view),
+              num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
   ds = ds.take(num_batches * local_batch).batch(local_batch).prefetch(tf.data.AUTOTUNE)
   return ds.with_options(_options(config))
