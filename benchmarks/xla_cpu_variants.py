@@ -51,6 +51,10 @@ VARIANTS = {
         f'{_NO_YNN} --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED',
         'the concurrency-optimised scheduler'),
     'onednn': (f'{_NO_YNN} --xla_cpu_use_onednn=true', 'oneDNN thunks for convolutions/matmuls'),
+    # What JAX_DISABLE_MOST_OPTIMIZATIONS=1 sets, the test suite's setting (tests/conftest.py).
+    'unoptimised': (f'{_NO_YNN} --xla_backend_optimization_level=0 '
+                    '--xla_llvm_disable_expensive_passes=true',
+                    "most of XLA's optimisations off: faster compiles, slower steps"),
 }
 
 
@@ -79,19 +83,20 @@ def main(argv):
   bad = sorted(set(names) - set(VARIANTS))
   if bad:
     raise app.UsageError(f'unknown variants {bad}; known: {list(VARIANTS)}')
-  print('| variant | XLA_FLAGS | JAX step (s) | PyTorch step (s) | JAX/PyTorch |')
-  print('|---|---|---|---|---|')
+  print('| variant | XLA_FLAGS | JAX step (s) | PyTorch step (s) | JAX/PyTorch | JAX compile (s) |')
+  print('|---|---|---|---|---|---|')
   for name in names:
     report = run_variant(name, config_args)
     xla_flags, what = VARIANTS[name]
     if 'error' in report:
-      print(f'| {name}: {what} | `{xla_flags}` | failed: {report["error"][0][:80]} | | |')
+      print(f'| {name}: {what} | `{xla_flags}` | failed: {report["error"][0][:80]} | | | |')
       continue
     (jax_figures,) = report['results'].values()
     torch_figures = report.get('pytorch', {})
     print(f'| {name}: {what} | `{xla_flags or "(none)"}` | {jax_figures["step_seconds"]:.3f} | '
           f'{torch_figures.get("step_seconds", float("nan")):.3f} | '
-          f'{torch_figures.get("jax_over_pytorch", float("nan")):.2f}x |', flush=True)
+          f'{torch_figures.get("jax_over_pytorch", float("nan")):.2f}x | '
+          f'{jax_figures["compile_seconds"]:.1f} |', flush=True)
 
 
 if __name__ == '__main__':

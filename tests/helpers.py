@@ -1,5 +1,6 @@
 """Set-up shared by the test modules."""
 
+import contextlib
 import itertools
 import os
 import signal
@@ -28,6 +29,18 @@ TINY_RUN = ['--config=configs/default.py', '--config.model.width=4',
 # linear evaluation its summary suggests shrunk to seconds.
 PRETRAINED_RUN = [*TINY_RUN, '--config.num_epochs=2', '--config.evals.knn.every_epochs=1',
                   '--config.linear.batch_size=16', '--config.linear.num_epochs=1']
+
+
+@contextlib.contextmanager
+def xla_optimizations():
+  """XLA's optimisation passes on for the programs compiled within, as a run compiles them
+  (tests/conftest.py turns most of them off for the suite)."""
+  jax.config.update('jax_disable_most_optimizations', False)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations',
+                      os.environ.get('JAX_DISABLE_MOST_OPTIMIZATIONS') == '1')
 
 
 def start_main(*args):

@@ -16,32 +16,32 @@ from simsiam_jax.reporting import read_scalars
 def test_resume_after_sigkill_continues_exactly_like_an_uninterrupted_run(tmp_path):
   """With the augmentation on the device, whose draws come from the restored step (the host
   mode's resumptions are those of the methods' and EM variants' tests)."""
-  args = [*TINY_RUN, '--config.num_epochs=20', '--config.checkpoint_every_steps=10',
+  args = [*TINY_RUN, '--config.num_epochs=10', '--config.checkpoint_every_steps=5',
           '--config.data.augment_on=device']
   reference = tmp_path / 'uninterrupted'
   result = run_main(*args, f'--workdir={reference}')
   assert result.returncode == 0, result.stderr[-3000:]
   reference_losses = read_scalars(reference)['loss']
-  assert sorted(reference_losses) == list(range(1, 81))
+  assert sorted(reference_losses) == list(range(1, 41))
 
   interrupted = tmp_path / 'interrupted'
-  resumed_from = kill_after_a_checkpoint(args, interrupted, total_steps=80)
+  resumed_from = kill_after_a_checkpoint(args, interrupted, total_steps=40)
 
   result = run_main(*args, f'--workdir={interrupted}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'Resumed from the checkpoint of step {resumed_from}' in result.stderr
   resumed_losses = read_scalars(interrupted)['loss']
-  assert max(resumed_losses) == 80
-  for step in range(resumed_from + 1, 81):
+  assert max(resumed_losses) == 40
+  for step in range(resumed_from + 1, 41):
     assert resumed_losses[step] == pytest.approx(reference_losses[step], rel=1e-5, abs=1e-6), step
   # The whole state, BatchNorm running averages (what kNN and linear evaluation read) and
   # optimizer momentum included, not only the losses.
   config = make_tiny_config()
-  config.num_epochs = 20
+  config.num_epochs = 10
   config.data.augment_on = 'device'
   expected, step = restore_final_state(config, reference, steps_per_epoch=4)
   resumed, resumed_step = restore_final_state(config, interrupted, steps_per_epoch=4)
-  assert step == resumed_step == 80
+  assert step == resumed_step == 40
   jax.tree.map(np.testing.assert_array_equal, resumed, expected)
 
 
