@@ -35,12 +35,12 @@ PRETRAINED_RUN = [*TINY_RUN, '--config.num_epochs=2', '--config.evals.knn.every_
 def xla_optimizations():
   """XLA's optimisation passes on for the programs compiled within, as a run compiles them
   (tests/conftest.py turns most of them off for the suite)."""
+  disabled = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', False)
   try:
     yield
   finally:
-    jax.config.update('jax_disable_most_optimizations',
-                      os.environ.get('JAX_DISABLE_MOST_OPTIMIZATIONS') == '1')
+    jax.config.update('jax_disable_most_optimizations', disabled)
 
 
 def start_main(*args):
