@@ -60,14 +60,6 @@ def pretrained_workdir(pretrained_run):
   return pretrained_run[0]
 
 
-# Run only with `-m slow` (setup.cfg deselects them): the ResNet-50 float64 parity checks,
-# 303 s of test time in the whole suite (2026-12-03), where CI, at 35 minutes, has no room
-# for them. CI runs the same checks on ResNet-18 in float64 and on ResNet-50 in float32.
-SLOW_TESTS = (
-    'test_torch_parity.py::test_five_float64_sgd_steps_are_the_official_optimizer[resnet50]',
-    'test_torch_parity.py::test_float64_outputs_statistics_and_gradients_are_the_same_'
-    'computation[resnet50-True]',
-)
 # Modules of a minute or more go first, longest first: the two test processes of `pytest -n 2 --dist
 # loadscope` then end together on short modules rather than one waiting for the other. The
 # pod plan's TPU compiles (a core each, for minutes) go first, so that they are over before
@@ -80,9 +72,6 @@ LONG_MODULES = ('test_pod_plan.py', 'test_torch_parity.py', 'test_train_loop.py'
 
 def pytest_collection_modifyitems(config, items):
   del config
-  for item in items:
-    if item.nodeid.endswith(SLOW_TESTS):
-      item.add_marker(pytest.mark.slow)
   order = {name: i for i, name in enumerate(LONG_MODULES)}
   # Stable: the order within a module is kept.
   items.sort(key=lambda item: order.get(item.path.name, len(LONG_MODULES)))
