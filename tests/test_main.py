@@ -80,3 +80,21 @@ def test_a_config_given_by_path_loads_from_any_working_directory(tmp_path):
       f'error: --config={bad_package / "broken.py"}: the config file does not import: '
       "cannot import name 'missing_base' from 'my_configs' "
       f"({bad_package / '__init__.py'})"), result.stderr[-2000:]
+
+
+def test_help_and_flag_mistakes_answer_without_loading_tensorflow():
+  """TensorFlow (5 of the 8 s a run takes to start) loads only once the flags are good."""
+  probe = ('import sys\n'
+           'from absl import flags\n'
+           'from simsiam_jax import main\n'
+           'flags.FLAGS(["main", "--config=configs/default.py"])\n'
+           'loaded_by_flags = "tensorflow" in sys.modules\n'
+           'try:\n'
+           '  main.main(["main", "stray"])\n'
+           'except SystemExit as e:\n'
+           '  assert e.code == 2, e.code\n'
+           'print(loaded_by_flags, "tensorflow" in sys.modules)\n')
+  result = subprocess.run([sys.executable, '-c', probe], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split() == ['False', 'False']
