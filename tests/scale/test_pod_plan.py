@@ -73,6 +73,17 @@ def test_a_batch_too_large_for_the_chip_is_a_row_with_the_batch_that_fits(tmp_pa
   slice_ = pod_plan.parse_slice('v5e-4')
   devices = pod_plan.devices(slice_, 'tpu')
   assert len(devices) == 4 and {d.device_kind for d in devices} == {'TPU v5 lite'}
+  # Each program compiled once (a TPU compile takes 15 s here): the plan's search compiles
+  # batch 16 again, which this test compiles first to size the chip.
+  compiled_programs, compile_step = {}, pod_plan.compile_step
+
+  def compile_once(config, slice_devices):
+    key = (config.batch_size, config.model.remat)
+    if key not in compiled_programs:
+      compiled_programs[key] = compile_step(config, slice_devices)
+    return compiled_programs[key]
+
+  monkeypatch.setattr(pod_plan, 'compile_step', compile_once)
   compiled = pod_plan.compile_step(pod_plan._with_batch(config, 16, 4), devices)
   _, batch_shardings = compiled.input_shardings[0]
   view = batch_shardings['view1']
