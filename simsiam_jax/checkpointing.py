@@ -49,6 +49,15 @@ BACKBONE = 'backbone'
 # counts them as steps (and a new save of that step is possible) but kept for inspection.
 CORRUPT_SUFFIX = '.corrupt'
 
+# Each array is written by its first replica, as orbax already does on GPUs. Orbax's default
+# elsewhere splits a replicated array among its replicas, and each slice is a program to
+# compile at a run's first save: 120 programs for the tiny test model, 4 s of compiles on a
+# CPU, in every process that saves. Splitting only pays for states of many GB written from
+# many hosts; ResNet-50's with its momentum is 0.2 GB. Orbax takes the choice only as an
+# argument of a new handler, which would drop the registered one's array metadata store, so
+# the registered handler is changed in place (tests/test_checkpointing.py checks it).
+ocp.type_handlers.get_type_handler(jax.Array)._use_replica_parallel = False  # pylint: disable=protected-access
+
 
 class CheckpointError(ValueError):
   """A checkpoint or workdir problem; the message names the path."""

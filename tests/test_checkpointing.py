@@ -68,6 +68,33 @@ def _restore_small(workdir):
     return ckpt.restore(_zeros_like(_small_state(0), _mesh(8)))
 
 
+def test_a_save_compiles_nothing_and_keeps_the_array_metadata(tmp_path):
+  """Each replicated array is written whole by its first replica: orbax's default would
+  slice each array that has a dimension divisible by 8 among the 8 replicas, one compiled
+  program per slice (checkpointing.py)."""
+  state = jax.device_put({'w': jnp.arange(64.0).reshape(16, 4), 'b': jnp.ones(8)},
+                         sharding.replicated(_mesh(8)))
+  compiles = []
+
+  def on_duration(event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
+  try:
+    with Checkpointer(tmp_path, max_to_keep=5, save_every_steps=1) as ckpt:
+      ckpt.save(3, state, make_tiny_config())
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_duration)
+  assert not compiles
+  assert (tmp_path / 'checkpoints' / '3' / 'state' / 'array_metadatas').is_dir()
+  with Checkpointer(tmp_path, max_to_keep=5, save_every_steps=1) as ckpt:
+    restored, step = ckpt.restore(_zeros_like(state, _mesh(8)))
+  assert step == 3
+  _assert_trees_equal(restored, state)
+
+
 def test_roundtrip_restores_state_and_config(tmp_path, model_state):
   config = make_tiny_config()
   with Checkpointer(tmp_path, max_to_keep=2, save_every_steps=1) as ckpt:
