@@ -98,7 +98,7 @@ class TimedStep:
 
 def main(argv):
   cli.check_no_arguments(argv)
-  cli.quiet_library_logs()
+  cli.quiet_library_output()
   config = FLAGS.config
   mesh = sharding.create_mesh()
   names = FLAGS.methods or [config.method]

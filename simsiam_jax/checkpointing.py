@@ -356,15 +356,21 @@ def _restore_newest_readable(manager: ocp.CheckpointManager, restore_step):
       return step, restore_step(step), [failed_step for failed_step, _ in failures]
     except Exception as error:  # pylint: disable=broad-except
       # Damaged files surface as many types (ValueError, OSError, tensorstore errors).
-      logging.warning('Cannot restore checkpoint %s (%s: %s); trying the previous one.',
-                      _step_path(manager, step), type(error).__name__, error)
+      logging.warning('Cannot restore checkpoint %s (%s); trying the previous one.',
+                      _step_path(manager, step), _error_text(error))
       failures.append((step, error))
   if not failures:
     return None
-  details = '; '.join(f'{_step_path(manager, step)}: {type(error).__name__}: {error}'
+  details = '; '.join(f'{_step_path(manager, step)}: {_error_text(error)}'
                       for step, error in failures)
   raise CheckpointError(f'No checkpoint in {manager.directory} could be restored: '
                         f'{details}') from failures[0][1]
+
+
+def _error_text(error: Exception) -> str:
+  """`Type: message`, less the JSON specs that tensorstore appends to its errors (two of
+  about 1,000 characters each, after the file and the key it could not read)."""
+  return f'{type(error).__name__}: {str(error).split(" [tensorstore_spec", 1)[0]}'
 
 
 def _restore_newest_readable_or_raise(manager: ocp.CheckpointManager, restore_step):

@@ -1,10 +1,12 @@
 """What every command-line tool of the project shares: flag parsing and the error exit
-(one `error:` line, never a traceback), and quiet library logs."""
+(one `error:` line, never a traceback), and quiet library output."""
 
 import contextlib
 import logging as std_logging
 import os
 import sys
+import traceback
+from typing import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -59,8 +61,33 @@ def import_tensorflow_quietly():
     import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
 
-def quiet_library_logs():
+def _is_read_left_behind(unraisable) -> bool:
+  """A read that outlived the event loop of the restore it belonged to: when one array of a
+  checkpoint fails to read, orbax's restore fails at once and closes its loop, and the
+  tensorstore reads still in flight report to the closed loop from their own threads.
+  Nothing is lost (the failure itself is logged and handled); Python would print a
+  traceback for each."""
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  return (isinstance(unraisable.exc_value, RuntimeError) and
+          str(unraisable.exc_value) == 'Event loop is closed' and
+          any(frame.name == 'call_soon_threadsafe' for frame in frames))
+
+
+def _drop_reads_left_behind(report_unraisable: Callable) -> Callable:
+  """A `sys.unraisablehook` that passes all but reads left behind to `report_unraisable`."""
+
+  def report_unless_read_left_behind(unraisable):
+    if not _is_read_left_behind(unraisable):
+      report_unraisable(unraisable)
+
+  return report_unless_read_left_behind
+
+
+def quiet_library_output():
+  """Keeps INFO lines of libraries, and tracebacks of reads left behind by a failed
+  restore, out of a command's output."""
   logging.get_absl_handler().addFilter(_DropInfoFromLibraries())
+  sys.unraisablehook = _drop_reads_left_behind(sys.unraisablehook)
 
 
 @contextlib.contextmanager

@@ -269,7 +269,7 @@ def export_detectron2(config: ml_collections.ConfigDict, workdir: str, path: str
 
 
 def main(argv):
-  cli.quiet_library_logs()
+  cli.quiet_library_output()
   with cli.exit_on_error():
     cli.check_no_arguments(argv)
     actions = [name for name in ('import_torch', 'export_torchvision', 'export_detectron2')

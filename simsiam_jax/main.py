@@ -37,7 +37,7 @@ def initialize_distributed():
 
 
 def main(argv):
-  cli.quiet_library_logs()
+  cli.quiet_library_output()
   started = time.monotonic()
   with cli.exit_on_error():
     cli.check_no_arguments(argv)

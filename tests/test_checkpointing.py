@@ -158,6 +158,10 @@ def _remove_array_data(directory):
         os.remove(os.path.join(root, name))
 
 
+# Reads that the failed restore left in flight report to its closed event loop; the tools
+# drop these (cli.quiet_library_output, tests/test_main.py).
+@pytest.mark.filterwarnings(
+    'ignore:(?s).*Event loop is closed:pytest.PytestUnraisableExceptionWarning')
 @pytest.mark.parametrize('corrupt', [_garble_files, _remove_array_data])
 def test_unreadable_latest_checkpoint_falls_back_to_previous(tmp_path, caplog, corrupt):
   _save_steps(tmp_path, [1, 2])
@@ -168,6 +172,8 @@ def test_unreadable_latest_checkpoint_falls_back_to_previous(tmp_path, caplog, c
   assert step == 1
   _assert_trees_equal(state, _small_state(1))
   assert str(latest) in caplog.text
+  # The error without the JSON specs that tensorstore appends (2,000 characters).
+  assert 'tensorstore_spec' not in caplog.text
   # Set aside, so that the resumed run can save step 2 again.
   assert [name for name in os.listdir(tmp_path / 'checkpoints')
           if name.startswith('2.corrupt')]

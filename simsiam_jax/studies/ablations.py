@@ -200,7 +200,7 @@ def collect_results(base: ml_collections.ConfigDict, workdir: str,
 
 
 def main(argv):
-  cli.quiet_library_logs()
+  cli.quiet_library_output()
   with cli.exit_on_error():
     cli.check_no_arguments(argv)
     workdir_lib.validate(FLAGS.workdir)

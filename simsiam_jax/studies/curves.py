@@ -68,7 +68,7 @@ flags.DEFINE_string('out', 'curves.png', 'PNG file to write.')
 
 
 def main(argv):
-  cli.quiet_library_logs()
+  cli.quiet_library_output()
   with cli.exit_on_error():
     cli.check_no_arguments(argv)
     labels = FLAGS.labels or FLAGS.workdirs
